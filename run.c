@@ -1,0 +1,1842 @@
+/* hla.c: inference for hybrid linear-attention language models, in one C file.
+
+   The models are those of "A Systematic Analysis of Hybrid Linear Attention"
+   (arXiv 2507.06457), trained with flash-linear-attention (fla): a stack of layers,
+   each either a recurrent linear-attention layer with a fixed-size state (HGRN, HGRN2,
+   GLA, RetNet, DeltaNet, GatedDeltaNet) or softmax attention with RoPE and a KV cache.
+
+   Read it top to bottom: the file format and config; the weights; the run state
+   (recurrent states, conv caches, KV caches); the building blocks; one function per
+   layer kind, each with its recurrence written above it; forward; the tokenizer; the
+   sampler; the modes (generate, logits, info); the command line.
+
+   Every number this file computes is checked against fla itself (tests/). */
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static void fatal(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+static void *xcalloc(size_t n, size_t size) {
+    void *p = (n && size) ? calloc(n, size) : calloc(1, 1);
+    if (!p) fatal("out of memory (%zu x %zu bytes)", n, size);
+    return p;
+}
+
+// ----------------------------------------------------------------------------
+// File format and config
+//
+// A weight file is: a 256-byte header (magic "HLAM", version, sizes, the config),
+// one byte per layer naming its kind (padded to 8), a table of tensors (128 bytes
+// each: name, dtype, shape, offset, size), then the tensors, each 64-byte aligned.
+// All integers little-endian; offsets and sizes 64-bit. export.py writes it; the
+// README documents it. We validate all of it against the file size first.
+
+#define MODEL_MAGIC "HLAM"
+#define MODEL_VERSION 1u
+#define HEADER_BYTES 256
+#define Q8_GROUP 64
+
+enum { KIND_ATTENTION, KIND_HGRN, KIND_HGRN2, KIND_GLA, KIND_RETNET, KIND_DELTA_NET, KIND_GATED_DELTANET, N_KINDS };
+static const char *kind_names[N_KINDS] = {"attention", "hgrn", "hgrn2", "gla", "retnet", "delta_net", "gated_deltanet"};
+static const char kind_letters[N_KINDS] = {'A', 'H', '2', 'G', 'R', 'D', 'N'};
+
+enum { DTYPE_F32, DTYPE_F16, DTYPE_BF16, DTYPE_Q8, N_DTYPES };
+static const char *dtype_names[N_DTYPES] = {"fp32", "fp16", "bf16", "q8"};
+
+// config flags
+#define FLAG_SHORT_CONV  (1 << 0) // q/k/v (or i/f) short convolutions
+#define FLAG_LOWER_BOUND (1 << 1) // HGRN/HGRN2 per-layer forget-gate lower bounds
+#define FLAG_OUTPUT_GATE (1 << 2) // GLA/RetNet use_output_gate, DeltaNet/GDN use_gate
+#define FLAG_BETA        (1 << 3) // DeltaNet use_beta (GDN always)
+#define FLAG_NEG_EIGVAL  (1 << 4) // beta in (0, 2)
+#define FLAG_QK_L2       (1 << 5) // DeltaNet/GDN: L2-normalise q and k
+#define FLAG_QK_SUM      (1 << 6) // DeltaNet qk_norm='sum'
+
+// elementwise maps on q and k (GLA/RetNet feature_map, DeltaNet qk_activation)
+enum { FMAP_IDENTITY, FMAP_SILU, FMAP_RELU, FMAP_ELU_P1, FMAP_SIGMOID, N_FMAPS };
+
+typedef struct {
+    char magic[4];
+    uint32_t version, header_bytes, n_tensors;
+    int32_t dim, n_layers, vocab_size, hidden_dim, max_pos, tie_embeddings;
+    float norm_eps, out_norm_eps;  // block norms; HGRN2's output norm (1e-5), else = norm_eps
+    int32_t flags, conv_size, feature_map;
+    int32_t lin_q_heads, lin_k_heads, lin_v_heads, lin_head_k_dim, lin_head_v_dim;
+    float clamp_min;               // GLA: lower clamp of the log decay (-inf: none)
+    int32_t gate_low_rank;         // GLA: rank of the gk projection (16)
+    float gate_normalizer;         // GLA: log decay = logsigmoid(.) / 16
+    int32_t attn_heads, attn_kv_heads, attn_head_dim, attn_qkv_bias, attn_window;
+    float rope_theta;
+    int32_t bos_id, eos_id;
+} Config;                          // the header after the magic, exactly as stored
+
+typedef struct {
+    char name[64];
+    uint32_t dtype, ndim;
+    uint64_t shape[4];
+    uint64_t offset, nbytes;
+    uint8_t pad[8];
+} TensorEntry;                     // 128 bytes in the file
+
+_Static_assert(sizeof(Config) <= HEADER_BYTES, "header");
+_Static_assert(sizeof(TensorEntry) == 128, "tensor entry");
+
+// ----------------------------------------------------------------------------
+// Weights
+
+typedef struct {
+    const void *data;     // rows x cols, row-major, in dtype
+    const float *scales;  // q8 only: one scale per group of 64 along each row
+    int dtype, rows, cols;
+} Matrix;
+
+typedef struct {
+    int kind;
+    const float *attn_norm, *mlp_norm;
+    // attention and the linear kinds share the names fla gives them
+    Matrix q_proj, k_proj, v_proj, o_proj, g_proj;
+    Matrix i_proj, f_proj;              // HGRN, HGRN2
+    Matrix a_proj, b_proj;              // GatedDeltaNet (a), DeltaNet/GDN (b: beta)
+    Matrix gk_proj0, gk_proj1;          // GLA low-rank decay projection
+    const float *gk_bias;
+    const float *q_bias, *k_bias, *v_bias; // attention with qkv_bias
+    const float *conv_w[3];             // short convolutions [C][K], in fla's order
+    int conv_channels[3];
+    const float *out_norm;              // g_norm / o_norm
+    const float *A_log, *dt_bias;       // GatedDeltaNet decay
+    float *lower_bound;                 // HGRN/HGRN2: [dim], computed at load
+    Matrix mlp_gate, mlp_up, mlp_down;
+} LayerWeights;
+
+typedef struct {
+    Config c;
+    const char *path;
+    uint8_t *kinds;          // per layer
+    Matrix embeddings, lm_head;
+    const float *final_norm;
+    LayerWeights *layers;
+    float *rope_inv_freq_attn, *rope_inv_freq_retnet;
+    void *map;               // the mmapped file
+    size_t map_bytes;
+    const TensorEntry *table;
+    uint64_t weight_bytes, n_params;
+} Model;
+
+static int n_threads = 1;
+
+static int checked_dim(const char *path, const char *what, int v, int lo, int hi) {
+    if (v < lo || v > hi) fatal("%s: header field %s = %d is out of range [%d, %d]", path, what, v, lo, hi);
+    return v;
+}
+
+static const TensorEntry *find_tensor(const Model *m, const char *name) {
+    for (uint32_t i = 0; i < m->c.n_tensors; i++)
+        if (strncmp(m->table[i].name, name, sizeof m->table[i].name) == 0) return &m->table[i];
+    return NULL;
+}
+
+// Look a tensor up by name and check its shape: a misnamed or misshaped tensor fails
+// loudly instead of silently shifting every pointer after it.
+static const TensorEntry *get_tensor(const Model *m, const char *name, int ndim, uint64_t d0, uint64_t d1) {
+    const TensorEntry *t = find_tensor(m, name);
+    if (!t) fatal("%s: missing tensor %s", m->path, name);
+    uint64_t n = t->ndim == 1 ? t->shape[0] : t->shape[0] * t->shape[1];
+    if ((int)t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1))
+        fatal("%s: tensor %s has shape [%llu x %llu], expected [%llu x %llu]", m->path, name,
+              (unsigned long long)t->shape[0], (unsigned long long)(t->ndim > 1 ? t->shape[1] : 1),
+              (unsigned long long)d0, (unsigned long long)(ndim > 1 ? d1 : 1));
+    (void)n;
+    return t;
+}
+
+static const float *get_vector(const Model *m, const char *name, uint64_t n) {
+    const TensorEntry *t = get_tensor(m, name, 1, n, 1);
+    if (t->dtype != DTYPE_F32) fatal("%s: tensor %s must be fp32", m->path, name);
+    return (const float *)((const uint8_t *)m->map + t->offset);
+}
+
+static const float *get_conv(const Model *m, const char *name, int channels, int K) {
+    const TensorEntry *t = get_tensor(m, name, 2, (uint64_t)channels, (uint64_t)K);
+    if (t->dtype != DTYPE_F32) fatal("%s: tensor %s must be fp32", m->path, name);
+    return (const float *)((const uint8_t *)m->map + t->offset);
+}
+
+static Matrix get_matrix(const Model *m, const char *name, int rows, int cols) {
+    const TensorEntry *t = get_tensor(m, name, 2, (uint64_t)rows, (uint64_t)cols);
+    Matrix w = {(const uint8_t *)m->map + t->offset, NULL, (int)t->dtype, rows, cols};
+    if (t->dtype == DTYPE_Q8) w.scales = (const float *)((const uint8_t *)w.data + (size_t)rows * cols);
+    return w;
+}
+
+static const char *layer_name(char *buf, int layer, const char *suffix) {
+    snprintf(buf, 64, "layers.%d.%s", layer, suffix);
+    return buf;
+}
+
+static uint64_t dtype_bytes(int dtype, uint64_t rows, uint64_t cols) {
+    uint64_t n = rows * cols;
+    switch (dtype) {
+    case DTYPE_F32: return 4 * n;
+    case DTYPE_F16: case DTYPE_BF16: return 2 * n;
+    default: return n + 4 * (n / Q8_GROUP);
+    }
+}
+
+static void load_model(Model *m, const char *path) {
+    memset(m, 0, sizeof *m);
+    m->path = path;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) fatal("%s: cannot open (%s)", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) fatal("%s: not a regular file", path);
+    uint64_t size = (uint64_t)st.st_size;
+    if (size < HEADER_BYTES) fatal("%s: too small to be a model file (%llu bytes)", path, (unsigned long long)size);
+    m->map_bytes = (size_t)size;
+    m->map = mmap(NULL, m->map_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (m->map == MAP_FAILED) fatal("%s: mmap failed (%s)", path, strerror(errno));
+    Config *c = &m->c;
+    memcpy(c, m->map, sizeof *c);
+    if (memcmp(c->magic, MODEL_MAGIC, 4) != 0) fatal("%s: not an hla.c model file (bad magic)", path);
+    if (c->version != MODEL_VERSION)
+        fatal("%s: model file version %u, this run reads version %u (re-export it)", path, c->version, MODEL_VERSION);
+
+    // the config: every size within reason before any arithmetic with it
+    checked_dim(path, "dim", c->dim, 1, 1 << 16);
+    checked_dim(path, "n_layers", c->n_layers, 1, 1024);
+    checked_dim(path, "vocab_size", c->vocab_size, 1, 1 << 22);
+    checked_dim(path, "hidden_dim", c->hidden_dim, 1, 1 << 20);
+    checked_dim(path, "max_pos", c->max_pos, 1, 1 << 24);
+    if (!(c->norm_eps > 0 && c->norm_eps < 1) || !(c->out_norm_eps > 0 && c->out_norm_eps < 1))
+        fatal("%s: header field norm_eps out of range", path);
+    uint64_t table_off = HEADER_BYTES + ((uint64_t)c->n_layers + 7) / 8 * 8;
+    if (c->n_tensors < 1 || c->n_tensors > 100000) fatal("%s: header field n_tensors = %u is absurd", path, c->n_tensors);
+    if (c->header_bytes % 64 || c->header_bytes < table_off + (uint64_t)c->n_tensors * sizeof(TensorEntry) ||
+        c->header_bytes > size)
+        fatal("%s: header field header_bytes = %u does not fit the file (%llu bytes)", path, c->header_bytes,
+              (unsigned long long)size);
+    m->kinds = (uint8_t *)m->map + HEADER_BYTES;
+    int has_attn = 0, has_linear = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        if (m->kinds[l] >= N_KINDS) fatal("%s: layer %d has unknown kind %d", path, l, m->kinds[l]);
+        if (m->kinds[l] == KIND_ATTENTION) has_attn = 1; else has_linear = 1;
+    }
+    if (has_attn) {
+        checked_dim(path, "attn_heads", c->attn_heads, 1, 4096);
+        checked_dim(path, "attn_kv_heads", c->attn_kv_heads, 1, c->attn_heads);
+        checked_dim(path, "attn_head_dim", c->attn_head_dim, 2, 4096);
+        if (c->attn_heads % c->attn_kv_heads || c->attn_head_dim % 2)
+            fatal("%s: attention heads %d / kv heads %d / head dim %d are inconsistent", path, c->attn_heads,
+                  c->attn_kv_heads, c->attn_head_dim);
+        checked_dim(path, "attn_window", c->attn_window, 0, 1 << 24);
+        if (!(c->rope_theta > 0) || !isfinite(c->rope_theta)) fatal("%s: header field rope_theta out of range", path);
+    }
+    if (has_linear) {
+        checked_dim(path, "lin_q_heads", c->lin_q_heads, 1, 4096);
+        checked_dim(path, "lin_k_heads", c->lin_k_heads, 1, 4096);
+        checked_dim(path, "lin_v_heads", c->lin_v_heads, 1, 4096);
+        checked_dim(path, "lin_head_k_dim", c->lin_head_k_dim, 1, 1 << 16);
+        checked_dim(path, "lin_head_v_dim", c->lin_head_v_dim, 1, 1 << 16);
+        checked_dim(path, "feature_map", c->feature_map, 0, N_FMAPS - 1);
+        if (c->flags & FLAG_SHORT_CONV) checked_dim(path, "conv_size", c->conv_size, 1, 64);
+        if ((uint64_t)c->lin_q_heads * c->lin_head_k_dim > (1u << 20) ||
+            (uint64_t)c->lin_v_heads * c->lin_head_v_dim > (1u << 20) ||
+            (uint64_t)c->lin_q_heads * c->lin_head_v_dim > (1u << 20))
+            fatal("%s: linear-attention dims are absurd", path);
+    }
+
+    // the tensor table: names terminated, dtypes known, data inside the file, sizes = shapes
+    m->table = (const TensorEntry *)((uint8_t *)m->map + table_off);
+    for (uint32_t i = 0; i < c->n_tensors; i++) {
+        const TensorEntry *t = &m->table[i];
+        if (memchr(t->name, 0, sizeof t->name) == NULL) fatal("%s: tensor %u has an unterminated name", path, i);
+        if (t->dtype >= N_DTYPES || t->ndim < 1 || t->ndim > 2)
+            fatal("%s: tensor %s has bad dtype %u or ndim %u", path, t->name, t->dtype, t->ndim);
+        uint64_t rows = t->shape[0], cols = t->ndim == 2 ? t->shape[1] : 1;
+        if (rows == 0 || cols == 0 || rows > (1u << 24) || cols > (1u << 24))
+            fatal("%s: tensor %s has absurd shape", path, t->name);
+        if (t->dtype == DTYPE_Q8 && (t->ndim != 2 || cols % Q8_GROUP))
+            fatal("%s: q8 tensor %s must be a matrix with rows of a multiple of %d", path, t->name, Q8_GROUP);
+        if (t->nbytes != dtype_bytes((int)t->dtype, rows, cols))
+            fatal("%s: tensor %s is %llu bytes, its shape needs %llu", path, t->name, (unsigned long long)t->nbytes,
+                  (unsigned long long)dtype_bytes((int)t->dtype, rows, cols));
+        if (t->offset % 64 || t->offset < c->header_bytes || t->offset > size || t->nbytes > size - t->offset)
+            fatal("%s: tensor %s lies outside the file (truncated?)", path, t->name);
+        m->weight_bytes += t->nbytes;
+        m->n_params += rows * cols;
+    }
+
+    // map the tensors by name, checking each shape against the config
+    int D = c->dim, L = c->n_layers, V = c->vocab_size;
+    char name[64];
+    m->embeddings = get_matrix(m, "embeddings", V, D);
+    m->lm_head = c->tie_embeddings ? m->embeddings : get_matrix(m, "lm_head", V, D);
+    m->final_norm = get_vector(m, "norm", (uint64_t)D);
+    m->layers = xcalloc((size_t)L, sizeof(LayerWeights));
+    const float *lower_bounds = NULL;
+    if ((c->flags & FLAG_LOWER_BOUND)) {
+        const TensorEntry *t = get_tensor(m, "lower_bounds", 2, (uint64_t)L, (uint64_t)D);
+        lower_bounds = (const float *)((const uint8_t *)m->map + t->offset);
+    }
+    int K = c->conv_size, conv = (c->flags & FLAG_SHORT_CONV) != 0;
+    int nq = c->lin_q_heads, nk = c->lin_k_heads, nv = c->lin_v_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim;
+    for (int l = 0; l < L; l++) {
+        LayerWeights *w = &m->layers[l];
+        w->kind = m->kinds[l];
+        w->attn_norm = get_vector(m, layer_name(name, l, "attn_norm"), (uint64_t)D);
+        w->mlp_norm = get_vector(m, layer_name(name, l, "mlp_norm"), (uint64_t)D);
+        w->mlp_gate = get_matrix(m, layer_name(name, l, "mlp.gate_proj"), c->hidden_dim, D);
+        w->mlp_up = get_matrix(m, layer_name(name, l, "mlp.up_proj"), c->hidden_dim, D);
+        w->mlp_down = get_matrix(m, layer_name(name, l, "mlp.down_proj"), D, c->hidden_dim);
+#define MAT(field, nm, r, cc) w->field = get_matrix(m, layer_name(name, l, "attn." nm ".weight"), (r), (cc))
+#define VEC(field, nm, n) w->field = get_vector(m, layer_name(name, l, "attn." nm), (uint64_t)(n))
+#define CONV(i, nm, ch) (w->conv_channels[i] = (ch), w->conv_w[i] = get_conv(m, layer_name(name, l, "attn." nm ".weight"), (ch), K))
+        switch (w->kind) {
+        case KIND_ATTENTION: {
+            int hd = c->attn_head_dim, qd = c->attn_heads * hd, kvd = c->attn_kv_heads * hd;
+            MAT(q_proj, "q_proj", qd, D); MAT(k_proj, "k_proj", kvd, D); MAT(v_proj, "v_proj", kvd, D);
+            MAT(o_proj, "o_proj", D, qd);
+            if (c->attn_qkv_bias) { VEC(q_bias, "q_proj.bias", qd); VEC(k_bias, "k_proj.bias", kvd); VEC(v_bias, "v_proj.bias", kvd); }
+            break;
+        }
+        case KIND_HGRN: { // heads = 1, dk = dv = I
+            int I = dv;
+            MAT(i_proj, "i_proj", I, D); MAT(f_proj, "f_proj", I, D); MAT(g_proj, "g_proj", I, D);
+            if (conv) { CONV(0, "i_conv1d", I); CONV(1, "f_conv1d", I); }
+            VEC(out_norm, "g_norm.weight", I); MAT(o_proj, "o_proj", D, I);
+            break;
+        }
+        case KIND_HGRN2: {
+            int F = nq * dk, Dv = nq * dv;
+            MAT(q_proj, "q_proj", F, D); MAT(f_proj, "f_proj", F, D); MAT(i_proj, "i_proj", Dv, D);
+            if (conv) { CONV(0, "q_conv1d", F); CONV(1, "f_conv1d", F); CONV(2, "i_conv1d", Dv); }
+            VEC(out_norm, "g_norm.weight", Dv); MAT(o_proj, "o_proj", D, Dv);
+            break;
+        }
+        case KIND_GLA: case KIND_RETNET:
+            MAT(q_proj, "q_proj", nq * dk, D); MAT(k_proj, "k_proj", nk * dk, D); MAT(v_proj, "v_proj", nk * dv, D);
+            if (c->flags & FLAG_OUTPUT_GATE) MAT(g_proj, "g_proj", nq * dv, D);
+            if (w->kind == KIND_GLA) {
+                if (conv) { CONV(0, "q_conv1d", nq * dk); CONV(1, "k_conv1d", nk * dk); CONV(2, "v_conv1d", nk * dv); }
+                checked_dim(path, "gate_low_rank", c->gate_low_rank, 1, 4096);
+                MAT(gk_proj0, "gk_proj.0", c->gate_low_rank, D); MAT(gk_proj1, "gk_proj.1", nk * dk, c->gate_low_rank);
+                VEC(gk_bias, "gk_proj.1.bias", nk * dk);
+                if (!(c->gate_normalizer > 0)) fatal("%s: header field gate_normalizer must be positive", path);
+            }
+            VEC(out_norm, "g_norm.weight", dv); MAT(o_proj, "o_proj", D, nq * dv);
+            if (nq % nk) fatal("%s: lin_k_heads %d must divide lin_q_heads %d", path, nk, nq);
+            break;
+        case KIND_DELTA_NET: case KIND_GATED_DELTANET:
+            if (nv % nq) fatal("%s: lin_q_heads %d must divide lin_v_heads %d", path, nq, nv);
+            MAT(q_proj, "q_proj", nq * dk, D); MAT(k_proj, "k_proj", nq * dk, D); MAT(v_proj, "v_proj", nv * dv, D);
+            if (w->kind == KIND_GATED_DELTANET) {
+                MAT(a_proj, "a_proj", nv, D); VEC(A_log, "A_log", nv); VEC(dt_bias, "dt_bias", nv);
+            }
+            if (c->flags & FLAG_BETA) MAT(b_proj, "b_proj", nv, D);
+            if (conv) { CONV(0, "q_conv1d", nq * dk); CONV(1, "k_conv1d", nq * dk); CONV(2, "v_conv1d", nv * dv); }
+            if (c->flags & FLAG_OUTPUT_GATE) MAT(g_proj, "g_proj", nv * dv, D);
+            VEC(out_norm, "o_norm.weight", dv); MAT(o_proj, "o_proj", D, nv * dv);
+            break;
+        }
+#undef MAT
+#undef VEC
+#undef CONV
+        if ((w->kind == KIND_HGRN || w->kind == KIND_HGRN2) && lower_bounds) {
+            if ((w->kind == KIND_HGRN ? dv : nq * dk) != D) fatal("%s: lower bounds need a forget dim equal to dim", path);
+            w->lower_bound = xcalloc((size_t)D, sizeof(float));
+        }
+    }
+
+    /* HGRN/HGRN2 lower bounds, once per model: over the LAYERS, for each channel,
+         s = softmax(P, dim=0);  lb[l] = s[1] + ... + s[l]   (lb[0] = 0, never used)
+       so deeper layers get forget gates bounded further away from 0. */
+    if (lower_bounds) {
+        for (int d = 0; d < D; d++) {
+            float mx = -INFINITY, sum = 0, cum = 0;
+            for (int l = 0; l < L; l++) mx = fmaxf(mx, lower_bounds[(size_t)l * D + d]);
+            float *s = xcalloc((size_t)L, sizeof(float));
+            for (int l = 0; l < L; l++) { s[l] = expf(lower_bounds[(size_t)l * D + d] - mx); sum += s[l]; }
+            for (int l = 0; l < L; l++) {
+                s[l] /= sum;
+                cum += s[l];
+                if (m->layers[l].lower_bound) m->layers[l].lower_bound[d] = cum - s[0];
+            }
+            free(s);
+        }
+    }
+
+    /* RoPE frequencies, fla's RotaryEmbedding (GPT-NeoX "rotate half"):
+         inv_freq[i] = 1 / theta^(2i / head_dim),  i = 0 .. head_dim/2 - 1 */
+    if (has_attn) {
+        m->rope_inv_freq_attn = xcalloc((size_t)c->attn_head_dim / 2, sizeof(float));
+        for (int i = 0; i < c->attn_head_dim / 2; i++)
+            m->rope_inv_freq_attn[i] = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->attn_head_dim);
+    }
+    for (int l = 0; l < L; l++)
+        if (m->kinds[l] == KIND_RETNET) { // RetNet rotates its q/k heads with base 10000
+            if (dk % 2) fatal("%s: RetNet head_k_dim %d must be even", path, dk);
+            m->rope_inv_freq_retnet = xcalloc((size_t)dk / 2, sizeof(float));
+            for (int i = 0; i < dk / 2; i++) m->rope_inv_freq_retnet[i] = 1.0f / powf(10000.0f, (float)(2 * i) / (float)dk);
+            break;
+        }
+}
+
+// ----------------------------------------------------------------------------
+// Run state: what a sequence carries from token to token
+//
+// A linear-attention layer keeps a fixed-size state however long the text gets:
+// a vector (HGRN) or one matrix per head (the others), plus the last K-1 inputs of
+// each short convolution. An attention layer keeps every past key and value (or the
+// last window of them): its cache grows with the text. --info prints both.
+
+#define MAX_BATCH 64  // prompt tokens processed together
+
+typedef struct {
+    float *state;          // HGRN: [I]; matrix kinds: [heads][dv][dk] (row = value channel)
+    float *conv_cache[3];  // [channels][K-1], oldest first
+    float *key_cache, *value_cache; // attention: [capacity][kv_dim], post-RoPE keys
+} LayerState;
+
+typedef struct {
+    LayerState *layers;
+    int pos;                // tokens seen so far
+    int kv_capacity;        // rows of each attention layer's cache (window or context)
+    int ctx;                // the longest sequence a full-attention model may reach
+    // activations for up to MAX_BATCH tokens
+    float *x, *xb, *xb2;    // residual stream and normed input, [B][dim]
+    float *q, *k, *v, *g, *f, *a, *b, *o, *low_rank; // projections, [B][proj]
+    float *hb, *hb2;        // MLP, [B][hidden_dim]
+    float *att;             // attention scores, [heads][capacity]
+    float *logits;          // [B][vocab]
+    size_t proj;            // row length of q/k/v/g/f/o
+} RunState;
+
+static size_t max3(size_t a, size_t b, size_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
+
+static size_t linear_state_floats(const Config *c, int kind) {
+    switch (kind) {
+    case KIND_HGRN: return (size_t)c->lin_head_v_dim;
+    case KIND_GLA: return (size_t)c->lin_k_heads * c->lin_head_v_dim * c->lin_head_k_dim; // one per kv head
+    case KIND_HGRN2: case KIND_RETNET: return (size_t)c->lin_q_heads * c->lin_head_v_dim * c->lin_head_k_dim;
+    case KIND_DELTA_NET: case KIND_GATED_DELTANET: return (size_t)c->lin_v_heads * c->lin_head_v_dim * c->lin_head_k_dim;
+    default: return 0;
+    }
+}
+
+static void alloc_run_state(RunState *s, const Model *m, int ctx) {
+    const Config *c = &m->c;
+    memset(s, 0, sizeof *s);
+    s->ctx = ctx;
+    s->kv_capacity = c->attn_window > 0 && c->attn_window < ctx ? c->attn_window : ctx;
+    size_t B = MAX_BATCH;
+    s->proj = max3((size_t)c->dim, (size_t)c->hidden_dim, 0);
+    s->proj = max3(s->proj, (size_t)c->lin_q_heads * c->lin_head_k_dim, (size_t)c->lin_v_heads * c->lin_head_v_dim);
+    s->proj = max3(s->proj, (size_t)c->lin_q_heads * c->lin_head_v_dim, (size_t)c->attn_heads * c->attn_head_dim);
+    s->x = xcalloc(B * c->dim, sizeof(float));
+    s->xb = xcalloc(B * c->dim, sizeof(float));
+    s->xb2 = xcalloc(B * c->dim, sizeof(float));
+    float **bufs[] = {&s->q, &s->k, &s->v, &s->g, &s->f, &s->a, &s->b, &s->o};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) *bufs[i] = xcalloc(B * s->proj, sizeof(float));
+    s->low_rank = xcalloc(B * (size_t)(c->gate_low_rank > 0 ? c->gate_low_rank : 1), sizeof(float));
+    s->hb = xcalloc(B * c->hidden_dim, sizeof(float));
+    s->hb2 = xcalloc(B * c->hidden_dim, sizeof(float));
+    s->logits = xcalloc(B * c->vocab_size, sizeof(float));
+    s->layers = xcalloc((size_t)c->n_layers, sizeof(LayerState));
+    for (int l = 0; l < c->n_layers; l++) {
+        const LayerWeights *w = &m->layers[l];
+        LayerState *ls = &s->layers[l];
+        if (w->kind == KIND_ATTENTION) {
+            size_t kv_dim = (size_t)c->attn_kv_heads * c->attn_head_dim;
+            ls->key_cache = xcalloc((size_t)s->kv_capacity * kv_dim, sizeof(float));
+            ls->value_cache = xcalloc((size_t)s->kv_capacity * kv_dim, sizeof(float));
+            s->att = s->att ? s->att : xcalloc((size_t)c->attn_heads * s->kv_capacity, sizeof(float));
+            continue;
+        }
+        ls->state = xcalloc(linear_state_floats(c, w->kind), sizeof(float));
+        for (int i = 0; i < 3; i++)
+            if (w->conv_w[i]) ls->conv_cache[i] = xcalloc((size_t)w->conv_channels[i] * (c->conv_size - 1) + 1, sizeof(float));
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Building blocks
+
+static float silu(float x) { return x / (1.0f + expf(-x)); }
+static float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+// log(sigmoid(x)), computed without overflow (the formula in fla's kernels)
+static float logsigmoid(float x) { return fminf(x, 0.0f) - log1pf(expf(-fabsf(x))); }
+static float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+static float logaddexp(float a, float b) { float mx = fmaxf(a, b); return mx + log1pf(expf(-fabsf(a - b))); }
+
+static float apply_feature_map(int fmap, float x) {
+    switch (fmap) {
+    case FMAP_SILU: return silu(x);
+    case FMAP_RELU: return x > 0 ? x : 0;
+    case FMAP_ELU_P1: return x > 0 ? x + 1.0f : expf(x);
+    case FMAP_SIGMOID: return sigmoid(x);
+    default: return x;
+    }
+}
+
+static float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+static float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 31, man = h & 1023, u;
+    if (exp == 0) {
+        if (man == 0) u = sign;
+        else { // subnormal: renormalise
+            exp = 127 - 15 + 1;
+            while (!(man & 1024)) { man <<= 1; exp--; }
+            u = sign | (exp << 23) | ((man & 1023) << 13);
+        }
+    } else if (exp == 31) u = sign | 0x7f800000u | (man << 13);
+    else u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+// one row of a weight matrix as fp32 (the weights stay in their dtype in the file)
+static void matrix_row(const Matrix *w, int r, float *out) {
+    size_t base = (size_t)r * w->cols;
+    switch (w->dtype) {
+    case DTYPE_F32: memcpy(out, (const float *)w->data + base, sizeof(float) * w->cols); break;
+    case DTYPE_F16: for (int j = 0; j < w->cols; j++) out[j] = f16_to_f32(((const uint16_t *)w->data)[base + j]); break;
+    case DTYPE_BF16: for (int j = 0; j < w->cols; j++) out[j] = bf16_to_f32(((const uint16_t *)w->data)[base + j]); break;
+    case DTYPE_Q8: {
+        const int8_t *q = (const int8_t *)w->data + base;
+        const float *scale = w->scales + base / Q8_GROUP;
+        for (int j = 0; j < w->cols; j++) out[j] = (float)q[j] * scale[j / Q8_GROUP];
+        break;
+    }
+    }
+}
+
+static float dot(const float *a, const float *b, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* matmul: out[t][r] = sum_j W[r][j] * x[t][j] for T tokens. THE hot spot: nearly all
+   of a token's time is spent here, reading the weights. Each row of W is read once
+   and used for all T tokens of the batch. Rows are split across threads. */
+typedef struct { float *out; const float *x; const Matrix *w; int T, r0, r1; } MatmulJob;
+
+static void *matmul_rows(void *arg) {
+    MatmulJob *j = arg;
+    const Matrix *w = j->w;
+    float *row = w->dtype == DTYPE_F32 ? NULL : malloc(sizeof(float) * w->cols);
+    if (w->dtype != DTYPE_F32 && !row) fatal("out of memory");
+    for (int r = j->r0; r < j->r1; r++) {
+        const float *wr = (const float *)w->data + (size_t)r * w->cols;
+        if (row) { matrix_row(w, r, row); wr = row; }
+        for (int t = 0; t < j->T; t++) j->out[(size_t)t * w->rows + r] = dot(wr, j->x + (size_t)t * w->cols, w->cols);
+    }
+    free(row);
+    return NULL;
+}
+
+static void matmul(float *out, const float *x, const Matrix *w, int T) {
+    int nt = n_threads;
+    if (nt > 1 && (size_t)w->rows * w->cols * T >= (1u << 16)) {
+        MatmulJob jobs[64];
+        pthread_t th[64];
+        if (nt > 64) nt = 64;
+        for (int i = 0; i < nt; i++) {
+            jobs[i] = (MatmulJob){out, x, w, T, (int)((long)w->rows * i / nt), (int)((long)w->rows * (i + 1) / nt)};
+            if (i > 0 && pthread_create(&th[i], NULL, matmul_rows, &jobs[i]) != 0) fatal("cannot create a thread");
+        }
+        matmul_rows(&jobs[0]);
+        for (int i = 1; i < nt; i++) pthread_join(th[i], NULL);
+        return;
+    }
+    MatmulJob j = {out, x, w, T, 0, w->rows};
+    matmul_rows(&j);
+}
+
+/* RMSNorm: y = x / sqrt(mean(x^2) + eps) * w   (eps inside the root, added to the mean) */
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
+    float ss = 0.0f;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float r = 1.0f / sqrtf(ss / n + eps);
+    for (int i = 0; i < n; i++) out[i] = x[i] * r * w[i];
+}
+
+/* fla's FusedRMSNormGated: y = RMSNorm(x) * silu(gate); without a gate, plain RMSNorm */
+static void gated_rmsnorm(float *out, const float *x, const float *gate, const float *w, int n, float eps) {
+    rmsnorm(out, x, w, n, eps);
+    if (gate) for (int i = 0; i < n; i++) out[i] *= silu(gate[i]);
+}
+
+/* L2 normalisation of q and k (fla's l2norm): x / sqrt(sum(x^2) + 1e-6)   (eps added to the SUM) */
+static void l2norm(float *x, int n) {
+    float r = 1.0f / sqrtf(dot(x, x, n) + 1e-6f);
+    for (int i = 0; i < n; i++) x[i] *= r;
+}
+
+/* Short causal depthwise convolution over time, for each channel c:
+     y_t[c] = sum_{j=0}^{K-1} w[c][j] * x_{t-(K-1)+j}[c]     (w[c][K-1] weighs the current token)
+   then silu if asked. x is [T][channels] (row stride `stride`), transformed in place;
+   the cache holds each channel's K-1 previous raw inputs, oldest first. */
+static void short_conv(float *x, int T, size_t stride, int channels, float *cache, const float *w, int K, int use_silu) {
+    for (int t = 0; t < T; t++) {
+        float *xt = x + (size_t)t * stride;
+        for (int c = 0; c < channels; c++) {
+            float *hist = cache + (size_t)c * (K - 1);
+            const float *wc = w + (size_t)c * K;
+            float y = wc[K - 1] * xt[c];
+            for (int j = 0; j < K - 1; j++) y += wc[j] * hist[j];
+            if (K > 1) { memmove(hist, hist + 1, sizeof(float) * (K - 2)); hist[K - 2] = xt[c]; }
+            xt[c] = use_silu ? silu(y) : y;
+        }
+    }
+}
+
+/* RoPE, GPT-NeoX "rotate half" as fla applies it, on each head of x at position pos:
+     out[i] = x[i] cos(p f_i) - x[i+d/2] sin(p f_i),  out[i+d/2] = x[i] sin(p f_i) + x[i+d/2] cos(p f_i) */
+static void rope(float *x, int n_heads, int head_dim, int pos, const float *inv_freq) {
+    int half = head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float angle = (float)pos * inv_freq[i];
+        float c = cosf(angle), s = sinf(angle);
+        for (int h = 0; h < n_heads; h++) {
+            float *xh = x + (size_t)h * head_dim;
+            float x1 = xh[i], x2 = xh[i + half];
+            xh[i] = x1 * c - x2 * s;
+            xh[i + half] = x1 * s + x2 * c;
+        }
+    }
+}
+
+static void softmax(float *x, int n) {
+    float mx = x[0], sum = 0.0f;
+    for (int i = 1; i < n; i++) mx = fmaxf(mx, x[i]);
+    for (int i = 0; i < n; i++) { x[i] = expf(x[i] - mx); sum += x[i]; }
+    for (int i = 0; i < n; i++) x[i] /= sum;
+}
+
+static void add_bias(float *x, const float *bias, int T, size_t stride, int n) {
+    if (!bias) return;
+    for (int t = 0; t < T; t++) for (int i = 0; i < n; i++) x[(size_t)t * stride + i] += bias[i];
+}
+
+// ----------------------------------------------------------------------------
+// The layer kinds. Each takes the attn-normed input xb [T][dim] of T consecutive
+// tokens starting at position pos, updates its state, and writes out [T][dim].
+// Projections of all T tokens are matrix products; the recurrence then runs token by
+// token, exactly as in fla's fused_recurrent kernels (fp32 state).
+
+/* Softmax attention with RoPE, GQA and an optional sliding window (fla's Attention):
+     q, k = RoPE(W_q x, p), RoPE(W_k x, p);  v = W_v x;  append k, v to the cache
+     o_a = sum_{j in window} softmax_j(q_a . k_j / sqrt(d)) v_j    (query head a uses kv head a / (Hq/Hkv))
+   The window keeps the current token and W-1 before it; the cache is a ring of that size. */
+static void attention_layer(const Model *m, const LayerWeights *w, LayerState *ls, RunState *s, int T, int pos, float *out) {
+    const Config *c = &m->c;
+    int hd = c->attn_head_dim, nq = c->attn_heads, nkv = c->attn_kv_heads, group = nq / nkv;
+    size_t qd = (size_t)nq * hd, kvd = (size_t)nkv * hd, P = s->proj;
+    matmul(s->q, s->xb, &w->q_proj, T);
+    matmul(s->k, s->xb, &w->k_proj, T);
+    matmul(s->v, s->xb, &w->v_proj, T);
+    add_bias(s->q, w->q_bias, T, qd, (int)qd); // matmul rows are packed per token: stride = rows
+    add_bias(s->k, w->k_bias, T, kvd, (int)kvd);
+    add_bias(s->v, w->v_bias, T, kvd, (int)kvd);
+    float scale = 1.0f / sqrtf((float)hd);
+    int cap = s->kv_capacity;
+    for (int t = 0; t < T; t++) {
+        int p = pos + t;
+        float *q = s->q + (size_t)t * qd, *k = s->k + (size_t)t * kvd, *v = s->v + (size_t)t * kvd;
+        rope(q, nq, hd, p, m->rope_inv_freq_attn);
+        rope(k, nkv, hd, p, m->rope_inv_freq_attn);
+        memcpy(ls->key_cache + (size_t)(p % cap) * kvd, k, kvd * sizeof(float));
+        memcpy(ls->value_cache + (size_t)(p % cap) * kvd, v, kvd * sizeof(float));
+        int first = p - cap + 1 > 0 ? p - cap + 1 : 0; // oldest position still in the window/cache
+        int n = p - first + 1;
+        float *o = s->o + (size_t)t * qd;
+        for (int h = 0; h < nq; h++) {
+            float *att = s->att + (size_t)h * cap;
+            const float *qh = q + (size_t)h * hd;
+            int kvh = h / group;
+            for (int j = 0; j < n; j++)
+                att[j] = dot(qh, ls->key_cache + (size_t)((first + j) % cap) * kvd + (size_t)kvh * hd, hd) * scale;
+            softmax(att, n);
+            float *oh = o + (size_t)h * hd;
+            memset(oh, 0, hd * sizeof(float));
+            for (int j = 0; j < n; j++) {
+                const float *vj = ls->value_cache + (size_t)((first + j) % cap) * kvd + (size_t)kvh * hd;
+                for (int i = 0; i < hd; i++) oh[i] += att[j] * vj[i];
+            }
+        }
+    }
+    (void)P;
+    matmul(out, s->o, &w->o_proj, T);
+}
+
+/* HGRN: a gated vector recurrence, one value per channel (I = expand dim):
+     f = sigmoid(W_f x) lifted by the layer's lower bound lb:  g = lb + (1 - lb) * sigmoid(W_f x)
+     h_t = g * h_{t-1} + (1 - g) * silu(W_i x)
+     out = W_o ( RMSNorm(h_t) * silu(W_g x) )
+   (fla computes g in log space: log g = logaddexp(log lb, log(1-lb) + logsigmoid(f)).) */
+static void hgrn_layer(const Model *m, const LayerWeights *w, LayerState *ls, RunState *s, int T, int layer, float *out) {
+    const Config *c = &m->c;
+    int I = c->lin_head_v_dim;
+    float *i_in = s->q, *f_in = s->f, *gate = s->g, *h = ls->state;
+    matmul(i_in, s->xb, &w->i_proj, T);
+    matmul(f_in, s->xb, &w->f_proj, T);
+    matmul(gate, s->xb, &w->g_proj, T);
+    if (w->conv_w[0]) {
+        short_conv(i_in, T, I, I, ls->conv_cache[0], w->conv_w[0], c->conv_size, 0);
+        short_conv(f_in, T, I, I, ls->conv_cache[1], w->conv_w[1], c->conv_size, 0);
+    }
+    for (int t = 0; t < T; t++) {
+        float *it = i_in + (size_t)t * I, *ft = f_in + (size_t)t * I, *o = s->o + (size_t)t * I;
+        for (int d = 0; d < I; d++) {
+            float log_g = logsigmoid(ft[d]);
+            if (w->lower_bound && layer > 0) {
+                float lb = w->lower_bound[d];
+                log_g = logaddexp(logf(lb), log1pf(-lb) + log_g);
+            }
+            float g = expf(log_g);
+            h[d] = g * h[d] + silu(it[d]) * (1.0f - g);  // h_t = g h_{t-1} + (1-g) silu(i)
+            o[d] = h[d];
+        }
+        gated_rmsnorm(o, o, gate + (size_t)t * I, w->out_norm, I, c->norm_eps);
+    }
+    matmul(out, s->o, &w->o_proj, T);
+}
+
+/* HGRN2: HGRN with an outer-product (matrix) state per head; the input gate is tied
+   to the forget gate and plays the key:
+     q = silu(W_q x), g = lb + (1-lb) sigmoid(W_f x) (per key channel), k = 1 - g, v = W_i x
+     S_t = diag(g) S_{t-1} + k v^T          (S: dk x dv per head)
+     o_t = S_t^T (q / sqrt(dk))
+     out = W_o RMSNorm_dim(o)               (over all heads at once; eps 1e-5; no output gate) */
+static void hgrn2_layer(const Model *m, const LayerWeights *w, LayerState *ls, RunState *s, int T, int layer, float *out) {
+    const Config *c = &m->c;
+    int nh = c->lin_q_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim;
+    int F = nh * dk, Dv = nh * dv;
+    float *q = s->q, *f = s->f, *v = s->v;
+    matmul(q, s->xb, &w->q_proj, T);
+    matmul(f, s->xb, &w->f_proj, T);
+    matmul(v, s->xb, &w->i_proj, T);
+    if (w->conv_w[0]) {
+        short_conv(q, T, F, F, ls->conv_cache[0], w->conv_w[0], c->conv_size, 0);
+        short_conv(f, T, F, F, ls->conv_cache[1], w->conv_w[1], c->conv_size, 0);
+        short_conv(v, T, Dv, Dv, ls->conv_cache[2], w->conv_w[2], c->conv_size, 0);
+    }
+    float scale = 1.0f / sqrtf((float)dk);
+    for (int t = 0; t < T; t++) {
+        float *qt = q + (size_t)t * F, *ft = f + (size_t)t * F, *vt = v + (size_t)t * Dv, *o = s->o + (size_t)t * Dv;
+        float *kt = s->k + (size_t)t * F, *decay = s->a + (size_t)t * F;
+        for (int d = 0; d < F; d++) {
+            float log_g = logsigmoid(ft[d]);
+            if (w->lower_bound && layer > 0) {
+                float lb = w->lower_bound[d];
+                log_g = logaddexp(logf(lb), log1pf(-lb) + log_g);
+            }
+            decay[d] = expf(log_g);
+            kt[d] = 1.0f - decay[d];
+            qt[d] = silu(qt[d]) * scale;
+        }
+        for (int h = 0; h < nh; h++) {
+            float *S = ls->state + (size_t)h * dv * dk;
+            const float *qh = qt + (size_t)h * dk, *kh = kt + (size_t)h * dk, *gh = decay + (size_t)h * dk;
+            for (int j = 0; j < dv; j++) {       // row j of S^T: value channel j
+                float *Sj = S + (size_t)j * dk, vj = vt[(size_t)h * dv + j];
+                for (int i = 0; i < dk; i++) Sj[i] = gh[i] * Sj[i] + kh[i] * vj;
+                o[(size_t)h * dv + j] = dot(Sj, qh, dk);
+            }
+        }
+        rmsnorm(o, o, w->out_norm, Dv, c->out_norm_eps);
+    }
+    matmul(out, s->o, &w->o_proj, T);
+}
+
+/* GLA, gated linear attention: a data-dependent decay per key channel,
+     q, k, v = W_q x, W_k x, W_v x   (short convs + silu if enabled; feature map on q, k)
+     log a = logsigmoid(W_gk1 W_gk0 x + b) / 16   (clamped below at clamp_min if set)
+     S_t = diag(a) S_{t-1} + k v^T                 (one S per kv head; GQA shares it)
+     o_t = S_t^T (q / sqrt(dk))
+     out = W_o ( RMSNorm_dv(o) * silu(W_g x) )     (per head, shared norm weight) */
+static void gla_layer(const Model *m, const LayerWeights *w, LayerState *ls, RunState *s, int T, float *out) {
+    const Config *c = &m->c;
+    int nq = c->lin_q_heads, nk = c->lin_k_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim, group = nq / nk;
+    int Dq = nq * dk, Dk = nk * dk, Dv = nk * dv, Do = nq * dv;
+    matmul(s->q, s->xb, &w->q_proj, T);
+    matmul(s->k, s->xb, &w->k_proj, T);
+    matmul(s->v, s->xb, &w->v_proj, T);
+    if (w->conv_w[0]) {
+        short_conv(s->q, T, Dq, Dq, ls->conv_cache[0], w->conv_w[0], c->conv_size, 1);
+        short_conv(s->k, T, Dk, Dk, ls->conv_cache[1], w->conv_w[1], c->conv_size, 1);
+        short_conv(s->v, T, Dv, Dv, ls->conv_cache[2], w->conv_w[2], c->conv_size, 1);
+    }
+    matmul(s->low_rank, s->xb, &w->gk_proj0, T);
+    matmul(s->f, s->low_rank, &w->gk_proj1, T);
+    if (w->g_proj.data) matmul(s->g, s->xb, &w->g_proj, T);
+    float scale = 1.0f / sqrtf((float)dk);
+    for (int t = 0; t < T; t++) {
+        float *qt = s->q + (size_t)t * Dq, *kt = s->k + (size_t)t * Dk, *vt = s->v + (size_t)t * Dv;
+        float *gk = s->f + (size_t)t * Dk, *o = s->o + (size_t)t * Do;
+        for (int d = 0; d < Dk; d++) {
+            float log_a = logsigmoid(gk[d] + w->gk_bias[d]) / c->gate_normalizer;
+            gk[d] = expf(fmaxf(log_a, c->clamp_min));
+            kt[d] = apply_feature_map(c->feature_map, kt[d]);
+        }
+        for (int d = 0; d < Dq; d++) qt[d] = apply_feature_map(c->feature_map, qt[d]) * scale;
+        for (int j = 0; j < nk; j++) {
+            float *S = ls->state + (size_t)j * dv * dk;
+            const float *kh = kt + (size_t)j * dk, *ah = gk + (size_t)j * dk, *vh = vt + (size_t)j * dv;
+            for (int e = 0; e < dv; e++) {
+                float *Se = S + (size_t)e * dk;
+                for (int i = 0; i < dk; i++) Se[i] = ah[i] * Se[i] + kh[i] * vh[e];
+                for (int h = j * group; h < (j + 1) * group; h++) o[(size_t)h * dv + e] = dot(Se, qt + (size_t)h * dk, dk);
+            }
+        }
+        for (int h = 0; h < nq; h++)
+            gated_rmsnorm(o + (size_t)h * dv, o + (size_t)h * dv, w->g_proj.data ? s->g + (size_t)t * Do + (size_t)h * dv : NULL,
+                          w->out_norm, dv, c->norm_eps);
+    }
+    matmul(out, s->o, &w->o_proj, T);
+}
+
+/* RetNet (fla's MultiScaleRetention): a fixed decay per head, rotary q/k:
+     q, k = RoPE(phi(W_q x), p), RoPE(phi(W_k x), p);  v = W_v x
+     gamma_h = 1 - 2^(-5-h)                         (h = query head index)
+     S_t = gamma_h S_{t-1} + k v^T
+     o_t = S_t^T (q / sqrt(dk))
+     out = W_o ( RMSNorm_dv(o) * silu(W_g x) ) */
+static void retnet_layer(const Model *m, const LayerWeights *w, LayerState *ls, RunState *s, int T, int pos, float *out) {
+    const Config *c = &m->c;
+    int nq = c->lin_q_heads, nk = c->lin_k_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim, group = nq / nk;
+    int Dq = nq * dk, Dk = nk * dk, Dv = nk * dv, Do = nq * dv;
+    matmul(s->q, s->xb, &w->q_proj, T);
+    matmul(s->k, s->xb, &w->k_proj, T);
+    matmul(s->v, s->xb, &w->v_proj, T);
+    if (w->g_proj.data) matmul(s->g, s->xb, &w->g_proj, T);
+    float scale = 1.0f / sqrtf((float)dk);
+    for (int t = 0; t < T; t++) {
+        float *qt = s->q + (size_t)t * Dq, *kt = s->k + (size_t)t * Dk, *vt = s->v + (size_t)t * Dv, *o = s->o + (size_t)t * Do;
+        for (int d = 0; d < Dq; d++) qt[d] = apply_feature_map(c->feature_map, qt[d]);
+        for (int d = 0; d < Dk; d++) kt[d] = apply_feature_map(c->feature_map, kt[d]);
+        rope(qt, nq, dk, pos + t, m->rope_inv_freq_retnet);
+        rope(kt, nk, dk, pos + t, m->rope_inv_freq_retnet);
+        for (int h = 0; h < nq; h++) {
+            float gamma = 1.0f - exp2f(-5.0f - (float)h);
+            float *S = ls->state + (size_t)h * dv * dk;
+            const float *kh = kt + (size_t)(h / group) * dk, *vh = vt + (size_t)(h / group) * dv, *qh = qt + (size_t)h * dk;
+            for (int e = 0; e < dv; e++) {
+                float *Se = S + (size_t)e * dk;
+                for (int i = 0; i < dk; i++) Se[i] = gamma * Se[i] + kh[i] * vh[e];
+                o[(size_t)h * dv + e] = dot(Se, qh, dk) * scale;
+            }
+            gated_rmsnorm(o + (size_t)h * dv, o + (size_t)h * dv, w->g_proj.data ? s->g + (size_t)t * Do + (size_t)h * dv : NULL,
+                          w->out_norm, dv, c->norm_eps);
+        }
+    }
+    matmul(out, s->o, &w->o_proj, T);
+}
+
+/* DeltaNet and GatedDeltaNet: the delta rule. The state is corrected toward the new
+   value instead of only accumulating (with alpha = 1 for DeltaNet):
+     q, k, v = silu(conv(W x)) ...;  k^ = L2N(k), q^ = L2N(q) / sqrt(dk)
+     beta = sigmoid(W_b x)  (x2 if allow_neg_eigval);  GDN: alpha = exp(-exp(A_log) softplus(W_a x + dt_bias))
+     S  = alpha S_{t-1}                             (decay first)
+     u  = v - S^T k^                                (what the memory gets wrong about k)
+     S_t = S + k^ (beta u)^T                        (i.e. S_t = alpha (I - beta k^ k^T) S_{t-1} + beta k^ v^T)
+     o_t = S_t^T q^
+     out = W_o ( RMSNorm_dv(o) [* silu(W_g x)] )   (per value head; GVA: value head j uses q/k head j / (Hv/Hqk)) */
+static void delta_layer(const Model *m, const LayerWeights *w, LayerState *ls, RunState *s, int T, float *out) {
+    const Config *c = &m->c;
+    int gated = w->kind == KIND_GATED_DELTANET;
+    int nq = c->lin_q_heads, nv = c->lin_v_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim, group = nv / nq;
+    int Dk = nq * dk, Dv = nv * dv;
+    int silu_qk = c->feature_map == FMAP_SILU;
+    matmul(s->q, s->xb, &w->q_proj, T);
+    matmul(s->k, s->xb, &w->k_proj, T);
+    matmul(s->v, s->xb, &w->v_proj, T);
+    if (w->conv_w[0]) {
+        short_conv(s->q, T, Dk, Dk, ls->conv_cache[0], w->conv_w[0], c->conv_size, silu_qk);
+        short_conv(s->k, T, Dk, Dk, ls->conv_cache[1], w->conv_w[1], c->conv_size, silu_qk);
+        short_conv(s->v, T, Dv, Dv, ls->conv_cache[2], w->conv_w[2], c->conv_size, 1);
+    } else {
+        for (size_t i = 0; i < (size_t)T * Dk; i++) if (silu_qk) { s->q[i] = silu(s->q[i]); s->k[i] = silu(s->k[i]); }
+        for (size_t i = 0; i < (size_t)T * Dv; i++) s->v[i] = silu(s->v[i]);
+    }
+    if (w->b_proj.data) matmul(s->b, s->xb, &w->b_proj, T);
+    if (gated) matmul(s->a, s->xb, &w->a_proj, T);
+    if (w->g_proj.data) matmul(s->g, s->xb, &w->g_proj, T);
+    float scale = 1.0f / sqrtf((float)dk);
+    for (int t = 0; t < T; t++) {
+        float *qt = s->q + (size_t)t * Dk, *kt = s->k + (size_t)t * Dk, *vt = s->v + (size_t)t * Dv, *o = s->o + (size_t)t * Dv;
+        for (int h = 0; h < nq; h++) {
+            float *qh = qt + (size_t)h * dk, *kh = kt + (size_t)h * dk;
+            if (!silu_qk)
+                for (int i = 0; i < dk; i++) { qh[i] = apply_feature_map(c->feature_map, qh[i]); kh[i] = apply_feature_map(c->feature_map, kh[i]); }
+            if (c->flags & FLAG_QK_SUM) {
+                float sq = 0, sk = 0;
+                for (int i = 0; i < dk; i++) { sq += qh[i]; sk += kh[i]; }
+                for (int i = 0; i < dk; i++) { qh[i] /= sq; kh[i] /= sk; }
+            } else if (c->flags & FLAG_QK_L2) {
+                l2norm(qh, dk);
+                l2norm(kh, dk);
+            }
+            for (int i = 0; i < dk; i++) qh[i] *= scale;
+        }
+        for (int j = 0; j < nv; j++) {
+            const float *qh = qt + (size_t)(j / group) * dk, *kh = kt + (size_t)(j / group) * dk;
+            float beta = w->b_proj.data ? sigmoid(s->b[(size_t)t * nv + j]) : 1.0f;
+            if (c->flags & FLAG_NEG_EIGVAL) beta *= 2.0f;
+            float alpha = 1.0f;
+            if (gated) alpha = expf(-expf(w->A_log[j]) * softplus(s->a[(size_t)t * nv + j] + w->dt_bias[j]));
+            float *S = ls->state + (size_t)j * dv * dk;
+            for (int e = 0; e < dv; e++) {   // row e of S^T: value channel e, rows are independent
+                float *Se = S + (size_t)e * dk;
+                if (gated) for (int i = 0; i < dk; i++) Se[i] *= alpha;       // S = alpha S
+                float u = vt[(size_t)j * dv + e] - dot(Se, kh, dk);          // u = v - S^T k
+                for (int i = 0; i < dk; i++) Se[i] += beta * u * kh[i];      // S += k (beta u)^T
+                o[(size_t)j * dv + e] = dot(Se, qh, dk);                     // o = S^T q
+            }
+            gated_rmsnorm(o + (size_t)j * dv, o + (size_t)j * dv, w->g_proj.data ? s->g + (size_t)t * Dv + (size_t)j * dv : NULL,
+                          w->out_norm, dv, c->norm_eps);
+        }
+    }
+    matmul(out, s->o, &w->o_proj, T);
+}
+
+/* fla's GatedMLP (SwiGLU): out = W_down ( silu(W_gate x) * (W_up x) ) */
+static void mlp(const LayerWeights *w, RunState *s, int T, int hidden_dim, float *out) {
+    matmul(s->hb, s->xb, &w->mlp_gate, T);
+    matmul(s->hb2, s->xb, &w->mlp_up, T);
+    for (size_t i = 0; i < (size_t)T * hidden_dim; i++) s->hb[i] = silu(s->hb[i]) * s->hb2[i];
+    matmul(out, s->hb, &w->mlp_down, T);
+}
+
+// ----------------------------------------------------------------------------
+// Forward: T tokens at positions pos..pos+T-1 (T <= MAX_BATCH). Pre-norm blocks:
+//   h = E[token];  per layer: h += mixer(RMSNorm(h));  h += MLP(RMSNorm(h))
+//   logits = W_lm RMSNorm(h)
+// Writes logits of the last token (or of all T if all_logits) to s->logits.
+
+static void forward(const Model *m, RunState *s, const int *tokens, int T, int all_logits) {
+    const Config *c = &m->c;
+    int D = c->dim, pos = s->pos;
+    for (int t = 0; t < T; t++) matrix_row(&m->embeddings, tokens[t], s->x + (size_t)t * D);
+    for (int l = 0; l < c->n_layers; l++) {
+        const LayerWeights *w = &m->layers[l];
+        LayerState *ls = &s->layers[l];
+        for (int t = 0; t < T; t++) rmsnorm(s->xb + (size_t)t * D, s->x + (size_t)t * D, w->attn_norm, D, c->norm_eps);
+        switch (w->kind) {
+        case KIND_ATTENTION: attention_layer(m, w, ls, s, T, pos, s->xb2); break;
+        case KIND_HGRN: hgrn_layer(m, w, ls, s, T, l, s->xb2); break;
+        case KIND_HGRN2: hgrn2_layer(m, w, ls, s, T, l, s->xb2); break;
+        case KIND_GLA: gla_layer(m, w, ls, s, T, s->xb2); break;
+        case KIND_RETNET: retnet_layer(m, w, ls, s, T, pos, s->xb2); break;
+        default: delta_layer(m, w, ls, s, T, s->xb2); break;
+        }
+        for (size_t i = 0; i < (size_t)T * D; i++) s->x[i] += s->xb2[i];
+        for (int t = 0; t < T; t++) rmsnorm(s->xb + (size_t)t * D, s->x + (size_t)t * D, w->mlp_norm, D, c->norm_eps);
+        mlp(w, s, T, c->hidden_dim, s->xb2);
+        for (size_t i = 0; i < (size_t)T * D; i++) s->x[i] += s->xb2[i];
+    }
+    int first = all_logits ? 0 : T - 1, n = T - first;
+    for (int t = first; t < T; t++) rmsnorm(s->xb + (size_t)(t - first) * D, s->x + (size_t)t * D, m->final_norm, D, c->norm_eps);
+    matmul(s->logits, s->xb, &m->lm_head, n);
+    s->pos += T;
+}
+
+// ----------------------------------------------------------------------------
+// Tokenizer: SentencePiece-style BPE with byte fallback (Mistral-7B-v0.1 32k)
+//
+// needs <stdio.h> <stdlib.h> <string.h> <stdint.h> and fatal() from run.c.
+//
+// The file tokenizer.bin is written by export.py --tokenizer (FORMAT.md):
+//   "HLAT", u32 version, u32 vocab_size, u32 n_merges, u32 bos, eos, unk,
+//   u32 max_token_len; vocab_size x {u32 len, u8 kind, len bytes};
+//   n_merges x {u32 left, u32 right, u32 merged} in merge-rank order.
+// Pieces store SentencePiece's "\u2581" as a plain space; byte-fallback tokens
+// <0xXX> store their single raw byte.
+//
+// Which behaviour we implement. Checkpoint dirs ship one of two serialisations
+// of the same tokenizer.model: the old one (normalizer Prepend("\u2581") +
+// Replace(" ","\u2581"), no pre-tokenizer) and the newer one (Metaspace,
+// prepend_scheme "first"). They differ when the text starts with a space:
+// " hello" is [28705 6312 28709] with the old one and sentencepiece, and
+// [6312 28709] with the Metaspace one; "  " is [2287] vs [259]. The released
+// checkpoints ship the old serialisation, and it agrees with sentencepiece on
+// tokenizer.model on everything we tried (tinyshakespeare, ~330 test strings),
+// so that is what we implement. (The 12 reference prompts recorded from a
+// released checkpoint start with no space, so all three agree on them.) Like HF (and
+// unlike sentencepiece) we split the added/special tokens <unk> <s> </s> out of
+// the text first; each remaining non-empty piece of text is then encoded on
+// its own:
+//   1. prepend a space and treat U+2581 in the text as a space,
+//   2. one symbol per UTF-8 character if it is a piece, else one byte token
+//      per byte; an invalid UTF-8 byte is its own byte token,
+//   3. BPE: repeatedly merge the adjacent pair of lowest merge rank (leftmost
+//      first on ties), exactly as HF tokenizers' BPE does; a heap of candidate
+//      pairs over a linked list of symbols makes this O(n log n).
+// ----------------------------------------------------------------------------
+
+#define TOK_MAGIC "HLAT"
+#define TOK_VERSION 1u
+#define TOK_MAX_VOCAB (1 << 20)
+enum { TOK_NORMAL = 0, TOK_BYTE = 1, TOK_SPECIAL = 2 };
+
+typedef struct { uint64_t key; int rank; int merged; } MergeSlot; // rank < 0: empty
+typedef struct { uint64_t hash; int id; } PieceSlot;              // id < 0: empty
+
+typedef struct {
+    int vocab_size, n_merges;
+    int bos_id, eos_id, unk_id, max_token_len;
+    char **pieces;          // NUL-terminated piece bytes, one per id
+    int *piece_len;         // piece length in bytes (a piece may contain NUL)
+    unsigned char *kind;    // TOK_NORMAL / TOK_BYTE / TOK_SPECIAL
+    int byte_id[256];       // byte value -> id of its <0xXX> token
+    int *special_ids;       // ids of TOK_SPECIAL tokens, matched in the text
+    int n_special;
+    unsigned char special_first[256]; // 1 if some special token starts with this byte
+    PieceSlot *piece_table; // normal piece bytes -> id (open addressing)
+    size_t piece_mask;
+    MergeSlot *merge_table; // (left,right) -> (rank, merged id)
+    size_t merge_mask;
+    char *piece_store;      // backing memory of pieces[]
+} Tokenizer;
+
+// --- small helpers -----------------------------------------------------------
+
+static uint32_t read_u32le(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t hash_bytes(const char *s, size_t n) { // FNV-1a, 64 bit
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) { h ^= (unsigned char)s[i]; h *= 1099511628211ull; }
+    return h;
+}
+
+static uint64_t hash_u64(uint64_t x) { // splitmix64 finaliser
+    x ^= x >> 30; x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27; x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static size_t table_size_for(size_t n) { // power of two, at most half full
+    size_t cap = 16;
+    while (cap < 2 * n) cap *= 2;
+    return cap;
+}
+
+static void *tok_calloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size);
+    if (!p) fatal("out of memory (tokenizer, %zu x %zu bytes)", n, size);
+    return p;
+}
+
+// piece bytes -> id of the normal piece, or -1
+static int piece_lookup(const Tokenizer *t, const char *s, size_t n) {
+    uint64_t h = hash_bytes(s, n);
+    for (size_t i = h & t->piece_mask;; i = (i + 1) & t->piece_mask) {
+        const PieceSlot *e = &t->piece_table[i];
+        if (e->id < 0) return -1;
+        if (e->hash == h && (size_t)t->piece_len[e->id] == n && memcmp(t->pieces[e->id], s, n) == 0)
+            return e->id;
+    }
+}
+
+// (left, right) -> merge slot, or NULL if the pair never merges
+static const MergeSlot *merge_lookup(const Tokenizer *t, int left, int right) {
+    uint64_t key = (uint64_t)(uint32_t)left << 32 | (uint32_t)right;
+    for (size_t i = hash_u64(key) & t->merge_mask;; i = (i + 1) & t->merge_mask) {
+        const MergeSlot *e = &t->merge_table[i];
+        if (e->rank < 0) return NULL;
+        if (e->key == key) return e;
+    }
+}
+
+// --- loading -------------------------------------------------------------------
+
+// read a whole file into memory; works for pipes too, refuses absurd sizes
+static unsigned char *read_whole_file(const char *path, size_t *size_out) {
+    FILE *f = fopen(path, "rb");
+    if (!f) fatal("%s: cannot open tokenizer file", path);
+    size_t cap = 1 << 20, len = 0;
+    unsigned char *buf = malloc(cap);
+    if (!buf) fatal("out of memory reading %s", path);
+    for (;;) {
+        if (len == cap) {
+            if (cap >= ((size_t)1 << 30)) fatal("%s: too large for a tokenizer file", path);
+            cap *= 2;
+            unsigned char *nb = realloc(buf, cap);
+            if (!nb) fatal("out of memory reading %s", path);
+            buf = nb;
+        }
+        size_t got = fread(buf + len, 1, cap - len, f);
+        len += got;
+        if (got == 0) break;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (err) fatal("%s: read error", path);
+    *size_out = len;
+    return buf;
+}
+
+void tokenizer_load(Tokenizer *t, const char *path) {
+    memset(t, 0, sizeof(*t));
+    size_t size;
+    unsigned char *data = read_whole_file(path, &size);
+    const unsigned char *p = data, *end = data + size;
+
+    // header: 4 bytes magic + 7 u32
+    if (size < 32) fatal("%s: not a tokenizer file (only %zu bytes)", path, size);
+    if (memcmp(p, TOK_MAGIC, 4) != 0) fatal("%s: not a tokenizer file (bad magic)", path);
+    uint32_t version = read_u32le(p + 4);
+    if (version != TOK_VERSION)
+        fatal("%s: tokenizer format version %u, this build reads version %u", path, version, TOK_VERSION);
+    uint32_t vocab = read_u32le(p + 8), n_merges = read_u32le(p + 12);
+    uint32_t bos = read_u32le(p + 16), eos = read_u32le(p + 20), unk = read_u32le(p + 24);
+    uint32_t max_len = read_u32le(p + 28);
+    p += 32;
+    if (vocab < 1 || vocab > TOK_MAX_VOCAB) fatal("%s: vocab size %u out of range", path, vocab);
+    if (bos >= vocab || eos >= vocab || unk >= vocab)
+        fatal("%s: bos/eos/unk id (%u/%u/%u) out of range for vocab %u", path, bos, eos, unk, vocab);
+    if (max_len < 1 || max_len > 65536) fatal("%s: max token length %u out of range", path, max_len);
+    // each token takes at least 5 bytes, each merge 12: reject lying counts early
+    if ((size_t)(end - p) / 5 < vocab) fatal("%s: truncated (vocab of %u tokens does not fit)", path, vocab);
+    if ((size_t)(end - p) / 12 < n_merges) fatal("%s: truncated (%u merges do not fit)", path, n_merges);
+    t->vocab_size = (int)vocab;
+    t->n_merges = (int)n_merges;
+    t->bos_id = (int)bos; t->eos_id = (int)eos; t->unk_id = (int)unk;
+    t->max_token_len = (int)max_len;
+
+    // tokens: u32 len, u8 kind, len bytes; copied NUL-terminated into piece_store
+    t->pieces = tok_calloc(vocab, sizeof(char *));
+    t->piece_len = tok_calloc(vocab, sizeof(int));
+    t->kind = tok_calloc(vocab, 1);
+    t->piece_store = tok_calloc(size + vocab, 1); // pieces come from the file, so this is enough
+    t->special_ids = tok_calloc(vocab, sizeof(int));
+    for (int b = 0; b < 256; b++) t->byte_id[b] = -1;
+    char *store = t->piece_store;
+    for (uint32_t i = 0; i < vocab; i++) {
+        if (end - p < 5) fatal("%s: truncated in token %u", path, i);
+        uint32_t len = read_u32le(p);
+        unsigned char kind = p[4];
+        p += 5;
+        if (len > max_len) fatal("%s: token %u has length %u > max %u", path, i, len, max_len);
+        if ((size_t)(end - p) < len) fatal("%s: token %u runs past the end of the file", path, i);
+        if (kind > TOK_SPECIAL) fatal("%s: token %u has unknown kind %u", path, i, kind);
+        if (len == 0) fatal("%s: token %u is empty", path, i);
+        if (kind == TOK_BYTE) {
+            if (len != 1) fatal("%s: byte token %u must be 1 byte long", path, i);
+            if (t->byte_id[p[0]] >= 0) fatal("%s: byte 0x%02X has two tokens", path, p[0]);
+            t->byte_id[p[0]] = (int)i;
+        }
+        if (kind == TOK_SPECIAL) {
+            t->special_ids[t->n_special++] = (int)i;
+            t->special_first[p[0]] = 1;
+        }
+        memcpy(store, p, len);
+        store[len] = '\0';
+        t->pieces[i] = store;
+        t->piece_len[i] = (int)len;
+        t->kind[i] = kind;
+        store += len + 1;
+        p += len;
+    }
+    for (int b = 0; b < 256; b++)
+        if (t->byte_id[b] < 0) fatal("%s: no byte-fallback token for byte 0x%02X", path, b);
+    if ((size_t)(end - p) != (size_t)n_merges * 12)
+        fatal("%s: merge table is %zu bytes, expected %zu", path, (size_t)(end - p), (size_t)n_merges * 12);
+
+    // piece lookup table over the normal pieces
+    t->piece_mask = table_size_for(vocab) - 1;
+    t->piece_table = tok_calloc(t->piece_mask + 1, sizeof(PieceSlot));
+    for (size_t i = 0; i <= t->piece_mask; i++) t->piece_table[i].id = -1;
+    for (int id = 0; id < t->vocab_size; id++) {
+        if (t->kind[id] != TOK_NORMAL) continue;
+        if (piece_lookup(t, t->pieces[id], (size_t)t->piece_len[id]) >= 0)
+            fatal("%s: token %d duplicates an earlier piece", path, id);
+        uint64_t h = hash_bytes(t->pieces[id], (size_t)t->piece_len[id]);
+        size_t i = h & t->piece_mask;
+        while (t->piece_table[i].id >= 0) i = (i + 1) & t->piece_mask;
+        t->piece_table[i].hash = h;
+        t->piece_table[i].id = id;
+    }
+
+    // merge table: rank r = position in the file; merged piece must be left+right
+    t->merge_mask = table_size_for(n_merges) - 1;
+    t->merge_table = tok_calloc(t->merge_mask + 1, sizeof(MergeSlot));
+    for (size_t i = 0; i <= t->merge_mask; i++) t->merge_table[i].rank = -1;
+    for (uint32_t r = 0; r < n_merges; r++, p += 12) {
+        uint32_t l = read_u32le(p), rt = read_u32le(p + 4), m = read_u32le(p + 8);
+        if (l >= vocab || rt >= vocab || m >= vocab)
+            fatal("%s: merge %u has a token id out of range", path, r);
+        if (t->kind[l] != TOK_NORMAL || t->kind[rt] != TOK_NORMAL || t->kind[m] != TOK_NORMAL)
+            fatal("%s: merge %u involves a byte or special token", path, r);
+        if (t->piece_len[m] != t->piece_len[l] + t->piece_len[rt] ||
+            memcmp(t->pieces[m], t->pieces[l], (size_t)t->piece_len[l]) != 0 ||
+            memcmp(t->pieces[m] + t->piece_len[l], t->pieces[rt], (size_t)t->piece_len[rt]) != 0)
+            fatal("%s: merge %u: token %u is not token %u + token %u", path, r, m, l, rt);
+        if (merge_lookup(t, (int)l, (int)rt)) fatal("%s: merge %u repeats an earlier pair", path, r);
+        uint64_t key = (uint64_t)l << 32 | rt;
+        size_t i = hash_u64(key) & t->merge_mask;
+        while (t->merge_table[i].rank >= 0) i = (i + 1) & t->merge_mask;
+        t->merge_table[i].key = key;
+        t->merge_table[i].rank = (int)r;
+        t->merge_table[i].merged = (int)m;
+    }
+    free(data);
+}
+
+void tokenizer_free(Tokenizer *t) {
+    free(t->pieces); free(t->piece_len); free(t->kind); free(t->piece_store);
+    free(t->special_ids); free(t->piece_table); free(t->merge_table);
+    memset(t, 0, sizeof(*t));
+}
+
+// text of a token: the piece with "\u2581" shown as " ", a byte token's raw byte
+// (may be non-printable or part of a UTF-8 character), "<s>" etc. for special
+// tokens; NULL for an id out of range
+const char *tokenizer_piece(const Tokenizer *t, int id) {
+    if (id < 0 || id >= t->vocab_size) return NULL;
+    return t->pieces[id];
+}
+
+// --- encoding ------------------------------------------------------------------
+
+// length of the valid UTF-8 character at s[0..n), or 0 if s[0] does not start one
+static size_t utf8_char_len(const unsigned char *s, size_t n) {
+    unsigned char c = s[0];
+    if (c < 0x80) return 1;
+    size_t len; unsigned char lo = 0x80, hi = 0xBF; // allowed range of the 2nd byte
+    if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) { len = 3; if (c == 0xE0) lo = 0xA0; if (c == 0xED) hi = 0x9F; }
+    else if (c >= 0xF0 && c <= 0xF4) { len = 4; if (c == 0xF0) lo = 0x90; if (c == 0xF4) hi = 0x8F; }
+    else return 0;
+    if (n < len || s[1] < lo || s[1] > hi) return 0;
+    for (size_t i = 2; i < len; i++) if (s[i] < 0x80 || s[i] > 0xBF) return 0;
+    return len;
+}
+
+// min-heap of candidate merges; a candidate is one uint64 (rank << 32 | pos of
+// the left symbol), so the smallest is the lowest rank, leftmost on ties
+typedef uint64_t MergeCand;
+
+static void heap_sift_down(MergeCand *h, int n, int i) {
+    MergeCand x = h[i];
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && h[c + 1] < h[c]) c++;
+        if (h[c] >= x) break;
+        h[i] = h[c]; i = c;
+    }
+    h[i] = x;
+}
+
+static void heap_push(MergeCand *h, int *n, MergeCand c) {
+    int i = (*n)++;
+    while (i > 0 && c < h[(i - 1) / 2]) { h[i] = h[(i - 1) / 2]; i = (i - 1) / 2; }
+    h[i] = c;
+}
+
+static MergeCand heap_pop(MergeCand *h, int *n) {
+    MergeCand top = h[0];
+    h[0] = h[--(*n)];
+    heap_sift_down(h, *n, 0);
+    return top;
+}
+
+// scratch space for encoding one piece of text: a doubly linked list of symbols
+typedef struct { int *id, *prev, *next; MergeCand *heap; } EncodeScratch;
+
+// push the pair (pos, next[pos]) as a merge candidate if the two symbols merge
+static void push_pair(const Tokenizer *t, EncodeScratch *w, int *nheap, int pos) {
+    if (pos < 0 || w->next[pos] < 0) return;
+    const MergeSlot *m = merge_lookup(t, w->id[pos], w->id[w->next[pos]]);
+    if (m) heap_push(w->heap, nheap, (MergeCand)m->rank << 32 | (uint32_t)pos);
+}
+
+static void emit_id(int id, int *ids, int *n_ids, int max_ids) {
+    if (*n_ids >= max_ids) fatal("tokenizer_encode: text needs more than %d tokens", max_ids);
+    ids[(*n_ids)++] = id;
+}
+
+// BPE on symbols [a, b): pop the lowest-rank (leftmost on ties) candidate; skip
+// it if it is stale (left symbol merged away, or its right neighbour changed);
+// otherwise merge the right symbol into the left one (the right one is marked
+// dead with id -1) and queue the two pairs the merged symbol now forms
+static void bpe_merge_run(const Tokenizer *t, EncodeScratch *w, int a, int b) {
+    for (int i = a; i < b; i++) { w->prev[i] = i - 1; w->next[i] = i + 1 < b ? i + 1 : -1; }
+    w->prev[a] = -1;
+    int nheap = 0;
+    for (int i = a; i + 1 < b; i++) { // all initial pairs, then heapify in O(n)
+        const MergeSlot *m = merge_lookup(t, w->id[i], w->id[i + 1]);
+        if (m) w->heap[nheap++] = (MergeCand)m->rank << 32 | (uint32_t)i;
+    }
+    for (int i = nheap / 2 - 1; i >= 0; i--) heap_sift_down(w->heap, nheap, i);
+    while (nheap > 0) {
+        MergeCand c = heap_pop(w->heap, &nheap);
+        int left = (int)(uint32_t)c, right = w->next[left];
+        if (w->id[left] < 0 || right < 0) continue;
+        const MergeSlot *m = merge_lookup(t, w->id[left], w->id[right]);
+        if (!m || m->rank != (int)(c >> 32)) continue;
+        w->id[left] = m->merged;
+        w->id[right] = -1;
+        w->next[left] = w->next[right];
+        if (w->next[right] >= 0) w->prev[w->next[right]] = left;
+        push_pair(t, w, &nheap, w->prev[left]);
+        push_pair(t, w, &nheap, left);
+    }
+}
+
+// encode one piece of text that contains no special token (steps 1-3 above)
+static void encode_plain(const Tokenizer *t, const unsigned char *s, size_t n, EncodeScratch *w,
+                         int *ids, int *n_ids, int max_ids) {
+    if (n == 0) return; // HF's Prepend leaves empty text empty
+    // 1+2. initial symbols: a space, then one per character (or per byte)
+    int nsym = 0;
+    int space = piece_lookup(t, " ", 1);
+    w->id[nsym++] = space >= 0 ? space : t->byte_id[' '];
+    for (size_t i = 0; i < n;) {
+        size_t len = utf8_char_len(s + i, n - i);
+        if (len == 0) { w->id[nsym++] = t->byte_id[s[i]]; i++; continue; } // invalid byte
+        int id = (len == 3 && s[i] == 0xE2 && s[i + 1] == 0x96 && s[i + 2] == 0x81)
+                 ? space : piece_lookup(t, (const char *)s + i, len); // U+2581 is a space
+        if (id >= 0) w->id[nsym++] = id;
+        else for (size_t k = 0; k < len; k++) w->id[nsym++] = t->byte_id[s[i + k]];
+        i += len;
+    }
+
+    // 3. BPE. Merges only ever join normal pieces (tokenizer_load checks this), so
+    // a byte token (e.g. every "\n") is a wall no merge crosses, and merging each
+    // run between walls on its own gives exactly the same result as one big pass
+    // (and keeps the heap small and in cache)
+    for (int a = 0; a < nsym;) {
+        if (t->kind[w->id[a]] == TOK_BYTE) { a++; continue; }
+        int b = a + 1;
+        while (b < nsym && t->kind[w->id[b]] != TOK_BYTE) b++;
+        bpe_merge_run(t, w, a, b);
+        a = b;
+    }
+    for (int i = 0; i < nsym; i++)
+        if (w->id[i] >= 0) emit_id(w->id[i], ids, n_ids, max_ids);
+}
+
+// id of the special token at s[0..n) (longest one if several), or -1
+static int match_special(const Tokenizer *t, const unsigned char *s, size_t n) {
+    if (!t->special_first[s[0]]) return -1;
+    int best = -1;
+    for (int k = 0; k < t->n_special; k++) {
+        int id = t->special_ids[k];
+        size_t len = (size_t)t->piece_len[id];
+        if (len <= n && memcmp(s, t->pieces[id], len) == 0 && (best < 0 || len > (size_t)t->piece_len[best]))
+            best = id;
+    }
+    return best;
+}
+
+// encode text_bytes bytes of text (any bytes, NUL included) into ids[];
+// returns the number of ids; max_ids = text_bytes + 3 is enough (each byte gives
+// at most one token, plus BOS and the prepended space; special tokens are >= 2 bytes)
+int tokenizer_encode(const Tokenizer *t, const char *text, size_t text_bytes, int add_bos,
+                     int *ids, int max_ids) {
+    const unsigned char *s = (const unsigned char *)text;
+    int n_ids = 0;
+    if (add_bos) emit_id(t->bos_id, ids, &n_ids, max_ids);
+    if (text_bytes > (size_t)INT32_MAX / 4) fatal("tokenizer_encode: text too long (%zu bytes)", text_bytes);
+    // each plain piece of text gives at most (bytes + 1) symbols and 3x that many heap entries
+    size_t cap = text_bytes + 1;
+    EncodeScratch w = { tok_calloc(cap, sizeof(int)), tok_calloc(cap, sizeof(int)),
+                        tok_calloc(cap, sizeof(int)), tok_calloc(3 * cap, sizeof(MergeCand)) };
+    // split the special tokens out of the text (leftmost, then longest, match),
+    // and encode the plain text between them
+    size_t start = 0;
+    for (size_t i = 0; i < text_bytes;) {
+        int sp = match_special(t, s + i, text_bytes - i);
+        if (sp < 0) { i++; continue; }
+        encode_plain(t, s + start, i - start, &w, ids, &n_ids, max_ids);
+        emit_id(sp, ids, &n_ids, max_ids);
+        i += (size_t)t->piece_len[sp];
+        start = i;
+    }
+    encode_plain(t, s + start, text_bytes - start, &w, ids, &n_ids, max_ids);
+    free(w.id); free(w.prev); free(w.next); free(w.heap);
+    return n_ids;
+}
+
+// --- decoding ------------------------------------------------------------------
+// Tokens are turned back into bytes (byte-fallback tokens give their raw byte)
+// and the bytes are checked as UTF-8 across token boundaries: an incomplete
+// character is held back until it completes, and each maximal invalid
+// subsequence becomes U+FFFD (as Python's bytes.decode("utf-8", "replace")),
+// so the output is always valid UTF-8. Special tokens (<s>, </s>, <unk>)
+// print nothing, and the leading space of a token right after BOS is dropped
+// (HF's Strip decoder; we apply it after every BOS, HF only at the start).
+
+typedef struct {
+    unsigned char pend[4]; // bytes of an incomplete UTF-8 character
+    int npend, need;       // bytes held, continuation bytes still needed
+    unsigned char lo, hi;  // allowed range of the next continuation byte
+} DecodeStream;
+
+typedef struct { FILE *f; char *mem; size_t len, cap; } DecodeSink; // FILE or growing string
+
+static void sink_put(DecodeSink *o, const void *b, size_t n) {
+    if (o->f) { fwrite(b, 1, n, o->f); return; }
+    if (o->len + n + 1 > o->cap) {
+        while (o->len + n + 1 > o->cap) o->cap = o->cap ? 2 * o->cap : 64;
+        char *m = realloc(o->mem, o->cap);
+        if (!m) fatal("out of memory (decode)");
+        o->mem = m;
+    }
+    memcpy(o->mem + o->len, b, n);
+    o->len += n;
+    o->mem[o->len] = '\0';
+}
+
+static const char utf8_replacement[3] = { (char)0xEF, (char)0xBF, (char)0xBD }; // U+FFFD
+
+void decode_init(DecodeStream *s) { memset(s, 0, sizeof(*s)); }
+
+static void decode_byte(DecodeStream *s, unsigned char c, DecodeSink *o) {
+    if (s->need > 0) {
+        if (c >= s->lo && c <= s->hi) { // continues the character
+            s->pend[s->npend++] = c;
+            s->lo = 0x80; s->hi = 0xBF;
+            if (--s->need == 0) { sink_put(o, s->pend, (size_t)s->npend); s->npend = 0; }
+            return;
+        }
+        sink_put(o, utf8_replacement, 3); // broken character, then look at c afresh
+        s->npend = 0; s->need = 0;
+    }
+    s->lo = 0x80; s->hi = 0xBF;
+    if (c < 0x80) { sink_put(o, &c, 1); return; }
+    if (c >= 0xC2 && c <= 0xDF) s->need = 1;
+    else if (c >= 0xE0 && c <= 0xEF) { s->need = 2; if (c == 0xE0) s->lo = 0xA0; if (c == 0xED) s->hi = 0x9F; }
+    else if (c >= 0xF0 && c <= 0xF4) { s->need = 3; if (c == 0xF0) s->lo = 0x90; if (c == 0xF4) s->hi = 0x8F; }
+    else { sink_put(o, utf8_replacement, 3); return; } // never valid as a first byte
+    s->pend[0] = c; s->npend = 1;
+}
+
+static void decode_token(const Tokenizer *t, int prev_id, int id, DecodeStream *s, DecodeSink *o) {
+    if (id < 0 || id >= t->vocab_size || t->kind[id] == TOK_SPECIAL) return;
+    const unsigned char *p = (const unsigned char *)t->pieces[id];
+    int len = t->piece_len[id];
+    if (prev_id == t->bos_id && t->kind[id] == TOK_NORMAL && p[0] == ' ') { p++; len--; }
+    for (int i = 0; i < len; i++) decode_byte(s, p[i], o);
+}
+
+static void decode_flush_sink(DecodeStream *s, DecodeSink *o) {
+    if (s->need > 0) sink_put(o, utf8_replacement, 3); // text ended inside a character
+    s->npend = 0; s->need = 0;
+}
+
+// write the text of token id (that followed prev_id) to out
+void decode_stream(const Tokenizer *t, int prev_id, int id, DecodeStream *s, FILE *out) {
+    DecodeSink o = { out, NULL, 0, 0 };
+    decode_token(t, prev_id, id, s, &o);
+}
+
+// at the end of the text: write U+FFFD if a character was left incomplete
+void decode_flush(DecodeStream *s, FILE *out) {
+    DecodeSink o = { out, NULL, 0, 0 };
+    decode_flush_sink(s, &o);
+}
+
+// decode a whole id array into a malloc'd NUL-terminated string (caller frees);
+// the first token is treated as following BOS; *len_out (if not NULL) gets the length
+char *tokenizer_decode(const Tokenizer *t, const int *ids, int n, size_t *len_out) {
+    DecodeStream s; decode_init(&s);
+    DecodeSink o = { NULL, NULL, 0, 0 };
+    sink_put(&o, "", 0);
+    for (int i = 0; i < n; i++) decode_token(t, i > 0 ? ids[i - 1] : t->bos_id, ids[i], &s, &o);
+    decode_flush_sink(&s, &o);
+    if (len_out) *len_out = o.len;
+    return o.mem;
+}
+
+// ----------------------------------------------------------------------------
+// Sampler: temperature, top-k, top-p (nucleus), min-p, repetition penalty; greedy at t=0
+
+typedef struct { float prob; int index; } ProbIndex;
+
+typedef struct {
+    float temperature, topp, minp, repeat_penalty;
+    int topk;
+    unsigned long long rng;
+    ProbIndex *probindex;
+} Sampler;
+
+static unsigned int random_u32(unsigned long long *state) { // xorshift*
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    return (unsigned int)((*state * 0x2545F4914F6CDD1Dull) >> 32);
+}
+static float random_f32(unsigned long long *state) { return (random_u32(state) >> 8) / 16777216.0f; }
+
+static int argmax(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
+    return best;
+}
+
+static int compare_prob_desc(const void *a, const void *b) {
+    float pa = ((const ProbIndex *)a)->prob, pb = ((const ProbIndex *)b)->prob;
+    return pa > pb ? -1 : pa < pb ? 1 : 0;
+}
+
+// logits -> token. `recent` holds the last n_recent tokens for the repetition penalty.
+static int sample(Sampler *sp, float *logits, int n, const int *recent, int n_recent) {
+    if (sp->repeat_penalty != 1.0f) // CTRL-style: divide positive logits, multiply negative ones
+        for (int i = 0; i < n_recent; i++) {
+            float *l = &logits[recent[i]];
+            *l = *l > 0 ? *l / sp->repeat_penalty : *l * sp->repeat_penalty;
+        }
+    if (sp->temperature == 0.0f) return argmax(logits, n);
+    for (int i = 0; i < n; i++) logits[i] /= sp->temperature;
+    softmax(logits, n);
+    // candidates: all tokens sorted by probability, then cut by top-k, min-p and top-p
+    int m = 0;
+    float pmax = 0;
+    for (int i = 0; i < n; i++) pmax = fmaxf(pmax, logits[i]);
+    for (int i = 0; i < n; i++)
+        if (logits[i] >= sp->minp * pmax) sp->probindex[m++] = (ProbIndex){logits[i], i};
+    qsort(sp->probindex, (size_t)m, sizeof(ProbIndex), compare_prob_desc);
+    if (sp->topk > 0 && sp->topk < m) m = sp->topk;
+    float cum = 0;
+    int last = m - 1;
+    for (int i = 0; i < m; i++) {
+        cum += sp->probindex[i].prob;
+        if (sp->topp < 1.0f && cum > sp->topp) { last = i; break; }
+    }
+    float total = 0;
+    for (int i = 0; i <= last; i++) total += sp->probindex[i].prob;
+    float r = random_f32(&sp->rng) * total, acc = 0;
+    for (int i = 0; i <= last; i++) {
+        acc += sp->probindex[i].prob;
+        if (r < acc) return sp->probindex[i].index;
+    }
+    return sp->probindex[last].index;
+}
+
+// ----------------------------------------------------------------------------
+// Modes
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// Feed tokens through the model: in batches of MAX_BATCH, or one at a time (the decode
+// path). If logits_out, the logits of every token are written there ([n][vocab]).
+static void feed(const Model *m, RunState *s, const int *tokens, int n, int one_by_one, float *logits_out) {
+    int V = m->c.vocab_size;
+    for (int i = 0; i < n;) {
+        int T = one_by_one ? 1 : (n - i < MAX_BATCH ? n - i : MAX_BATCH);
+        if (s->pos + T > s->ctx)
+            fatal("%s: the text needs %d positions but the context holds %d (raise --ctx; max_position_embeddings is %d)",
+                  m->path, s->pos + T, s->ctx, m->c.max_pos);
+        forward(m, s, tokens + i, T, logits_out != NULL);
+        if (logits_out) memcpy(logits_out + (size_t)i * V, s->logits, sizeof(float) * (size_t)T * V);
+        i += T;
+    }
+}
+
+static void check_tokens(const Model *m, const int *tokens, int n) {
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->c.vocab_size)
+            fatal("token id %d at prompt position %d is out of range [0, %d) of %s", tokens[i], i, m->c.vocab_size, m->path);
+}
+
+static void write_logits(const Model *m, RunState *s, const int *tokens, int n, int one_by_one, const char *path) {
+    float *all = xcalloc((size_t)n * m->c.vocab_size, sizeof(float));
+    feed(m, s, tokens, n, one_by_one, all);
+    FILE *f = fopen(path, "wb");
+    if (!f) fatal("%s: cannot open for writing (%s)", path, strerror(errno));
+    if (fwrite(all, sizeof(float), (size_t)n * m->c.vocab_size, f) != (size_t)n * m->c.vocab_size || fclose(f) != 0)
+        fatal("%s: write failed", path);
+    free(all);
+}
+
+static void generate(const Model *m, RunState *s, const Tokenizer *tok, Sampler *sp, const int *prompt, int n_prompt,
+                     int steps, int one_by_one, int print_ids, int quiet) {
+    int V = m->c.vocab_size;
+    double t0 = now_seconds();
+    feed(m, s, prompt, n_prompt, one_by_one, NULL);
+    double t1 = now_seconds();
+    int *recent = xcalloc((size_t)steps + n_prompt + 1, sizeof(int));
+    memcpy(recent, prompt, sizeof(int) * n_prompt);
+    int n_recent = n_prompt, prev = prompt[n_prompt - 1], generated = 0;
+    DecodeStream ds;
+    decode_init(&ds);
+    for (int i = 0; i < steps; i++) {
+        int window = n_recent < 64 ? n_recent : 64;
+        int next = sample(sp, s->logits, V, recent + n_recent - window, window);
+        recent[n_recent++] = next;
+        generated++;
+        if (print_ids) printf(i ? " %d" : "%d", next);
+        else if (tok && next < tok->vocab_size) decode_stream(tok, prev, next, &ds, stdout);
+        fflush(stdout);
+        if (tok && next == tok->eos_id && !print_ids) break;
+        prev = next;
+        if (i + 1 < steps) {
+            if (s->pos + 1 > s->ctx) { fprintf(stderr, "\n[context of %d tokens is full: stopping]\n", s->ctx); break; }
+            forward(m, s, &next, 1, 0);
+        }
+    }
+    if (!print_ids) decode_flush(&ds, stdout);
+    printf("\n");
+    double t2 = now_seconds();
+    if (!quiet)
+        fprintf(stderr, "prompt: %d tokens, %.1f tok/s | generated: %d tokens, %.1f tok/s | %d threads\n", n_prompt,
+                n_prompt / (t1 - t0 + 1e-9), generated, generated / (t2 - t1 + 1e-9), n_threads);
+    free(recent);
+}
+
+static void print_info(const Model *m, int ctx) {
+    const Config *c = &m->c;
+    int L = c->n_layers;
+    printf("model: %s\n", m->path);
+    printf("layers: ");
+    for (int l = 0; l < L; l++) putchar(kind_letters[m->kinds[l]]);
+    printf("   (");
+    for (int k = 0; k < N_KINDS; k++) {
+        int n = 0;
+        for (int l = 0; l < L; l++) n += m->kinds[l] == k;
+        if (n) printf("%s%c=%s x%d", k && n < L ? " " : "", kind_letters[k], kind_names[k], n);
+    }
+    printf(")\n");
+    printf("dim %d, mlp %d, vocab %d, max_position_embeddings %d, %s embeddings\n", c->dim, c->hidden_dim, c->vocab_size,
+           c->max_pos, c->tie_embeddings ? "tied" : "untied");
+    printf("parameters: %llu (%.2fM), weights %.1f MB\n", (unsigned long long)m->n_params, m->n_params / 1e6, m->weight_bytes / 1e6);
+    size_t state_floats = 0, kv_per_token = 0, conv_floats = 0;
+    for (int l = 0; l < L; l++) {
+        const LayerWeights *w = &m->layers[l];
+        if (w->kind == KIND_ATTENTION) kv_per_token += 2 * (size_t)c->attn_kv_heads * c->attn_head_dim;
+        else {
+            state_floats += linear_state_floats(c, w->kind);
+            for (int i = 0; i < 3; i++) if (w->conv_w[i]) conv_floats += (size_t)w->conv_channels[i] * (c->conv_size - 1);
+        }
+    }
+    printf("recurrent state: %zu bytes (+ %zu bytes of conv caches), constant in the context length\n",
+           state_floats * 4, conv_floats * 4);
+    printf("kv cache: %zu bytes per token%s\n", kv_per_token * 4,
+           c->attn_window ? " (sliding window: at most window tokens are kept)" : "");
+    (void)ctx;
+}
+
+// ----------------------------------------------------------------------------
+// Command line
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: run MODEL.bin [options]\n"
+            "  -z FILE        tokenizer.bin (default: tokenizer.bin)\n"
+            "  -i TEXT        prompt text\n"
+            "  --tokens IDS   prompt as comma-separated token ids (e.g. 1,415,2936)\n"
+            "  -n N           tokens to generate (default 256)\n"
+            "  -t T           temperature (default 1.0; 0 = greedy)\n"
+            "  -p P           top-p (default 0.9)     -k K   top-k (default 0 = off)\n"
+            "  --min-p P      min-p (default 0)       --repeat-penalty R (default 1 = off)\n"
+            "  -s SEED        random seed (default: time)\n"
+            "  -T N           threads (default: number of CPUs)\n"
+            "  --ctx N        context length for full-attention layers (default: max_position_embeddings)\n"
+            "  --logits FILE  write float32 logits of every prompt position, [n_prompt][vocab], and exit\n"
+            "  --one-by-one   feed the prompt one token at a time (the decode path)\n"
+            "  --ids          print generated token ids instead of text\n"
+            "  --quiet        no stats line\n"
+            "  --info         print the layer map, parameter count and state/KV sizes\n"
+            "usage: run --tokenize -z tokenizer.bin (-i TEXT | -f FILE)\n"
+            "usage: run --detokenize -z tokenizer.bin ID...\n");
+    exit(1);
+}
+
+static char *read_text_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) fatal("%s: cannot open (%s)", path, strerror(errno));
+    size_t cap = 1 << 16, len = 0, got;
+    char *buf = xcalloc(cap, 1);
+    while ((got = fread(buf + len, 1, cap - len, f)) > 0) {
+        len += got;
+        if (len == cap) {
+            char *bigger = realloc(buf, cap * 2);
+            if (!bigger) fatal("out of memory reading %s", path);
+            buf = bigger;
+            cap *= 2;
+        }
+    }
+    if (ferror(f)) fatal("%s: read error", path);
+    fclose(f);
+    buf[len < cap ? len : cap - 1] = len < cap ? 0 : buf[cap - 1];
+    *n = len;
+    return buf;
+}
+
+static int *parse_token_list(const char *s, int *n_out) {
+    size_t n = 1;
+    for (const char *p = s; *p; p++) n += *p == ',';
+    int *ids = xcalloc(n, sizeof(int));
+    int k = 0;
+    const char *p = s;
+    while (1) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < INT32_MIN || v > INT32_MAX) fatal("--tokens: '%s' is not a comma-separated list of ids", s);
+        ids[k++] = (int)v;
+        while (*end == ' ') end++;
+        if (*end == 0) break;
+        if (*end != ',') fatal("--tokens: '%s' is not a comma-separated list of ids", s);
+        p = end + 1;
+    }
+    *n_out = k;
+    return ids;
+}
+
+static long parse_int(const char *flag, const char *v, long lo, long hi) {
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || errno || x < lo || x > hi) fatal("%s: '%s' is not an integer in [%ld, %ld]", flag, v, lo, hi);
+    return x;
+}
+
+static float parse_float(const char *flag, const char *v, float lo, float hi) {
+    char *end;
+    float x = strtof(v, &end);
+    if (end == v || *end || !(x >= lo && x <= hi)) fatal("%s: '%s' is not a number in [%g, %g]", flag, v, lo, hi);
+    return x;
+}
+
+int main(int argc, char **argv) {
+    const char *model_path = NULL, *tok_path = "tokenizer.bin", *prompt = NULL, *token_list = NULL, *logits_path = NULL;
+    const char *text_file = NULL;
+    int steps = 256, one_by_one = 0, print_ids = 0, quiet = 0, info = 0, tokenize = 0, detokenize = 0, ctx = 0;
+    float temperature = 1.0f, topp = 0.9f, minp = 0.0f, repeat_penalty = 1.0f;
+    int topk = 0;
+    unsigned long long seed = 0;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    n_threads = cpus > 0 ? (int)(cpus < 64 ? cpus : 64) : 1;
+    signal(SIGPIPE, SIG_IGN); // a closed pipe (run | head) ends us through a failed write, not a signal
+
+    int first_id = argc;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int has = i + 1 < argc;
+#define NEXT() (has ? argv[++i] : (fatal("option %s needs a value", a), (char *)NULL))
+        if (!strcmp(a, "-z")) tok_path = NEXT();
+        else if (!strcmp(a, "-i")) prompt = NEXT();
+        else if (!strcmp(a, "-f")) text_file = NEXT();
+        else if (!strcmp(a, "--tokens")) token_list = NEXT();
+        else if (!strcmp(a, "-n")) steps = (int)parse_int(a, NEXT(), 0, 1 << 30);
+        else if (!strcmp(a, "-t")) temperature = parse_float(a, NEXT(), 0, 100);
+        else if (!strcmp(a, "-p")) topp = parse_float(a, NEXT(), 0, 1);
+        else if (!strcmp(a, "-k")) topk = (int)parse_int(a, NEXT(), 0, 1 << 30);
+        else if (!strcmp(a, "--min-p")) minp = parse_float(a, NEXT(), 0, 1);
+        else if (!strcmp(a, "--repeat-penalty")) repeat_penalty = parse_float(a, NEXT(), 0.01f, 100);
+        else if (!strcmp(a, "-s")) seed = (unsigned long long)parse_int(a, NEXT(), 0, 0x7fffffffL);
+        else if (!strcmp(a, "-T")) n_threads = (int)parse_int(a, NEXT(), 1, 64);
+        else if (!strcmp(a, "--ctx")) ctx = (int)parse_int(a, NEXT(), 1, 1 << 24);
+        else if (!strcmp(a, "--logits")) logits_path = NEXT();
+        else if (!strcmp(a, "--one-by-one")) one_by_one = 1;
+        else if (!strcmp(a, "--ids")) print_ids = 1;
+        else if (!strcmp(a, "--quiet")) quiet = 1;
+        else if (!strcmp(a, "--info")) info = 1;
+        else if (!strcmp(a, "--tokenize")) tokenize = 1;
+        else if (!strcmp(a, "--detokenize")) { detokenize = 1; }
+        else if (detokenize && a[0] != '-') { first_id = i; break; }
+        else if (a[0] == '-' || model_path) { fprintf(stderr, "error: unknown argument %s\n", a); usage(); }
+        else model_path = a;
+#undef NEXT
+    }
+
+    if (tokenize || detokenize) { // tokenizer modes: no model needed
+        Tokenizer t;
+        tokenizer_load(&t, tok_path);
+        if (tokenize) {
+            if (!prompt == !text_file) usage();
+            size_t n = prompt ? strlen(prompt) : 0;
+            char *buf = text_file ? read_text_file(text_file, &n) : NULL;
+            int *ids = xcalloc(n + 3, sizeof(int));
+            int n_ids = tokenizer_encode(&t, buf ? buf : prompt, n, 1, ids, (int)(n + 3));
+            for (int i = 0; i < n_ids; i++) printf(i ? " %d" : "%d", ids[i]);
+            printf("\n");
+            free(ids);
+            free(buf);
+        } else {
+            int n = argc - first_id, prev = t.bos_id;
+            DecodeStream ds;
+            decode_init(&ds);
+            for (int i = 0; i < n; i++) {
+                int id = (int)parse_int("--detokenize", argv[first_id + i], 0, t.vocab_size - 1);
+                if (i == 0 && id == t.bos_id) continue;
+                decode_stream(&t, prev, id, &ds, stdout);
+                prev = id;
+            }
+            decode_flush(&ds, stdout);
+        }
+        tokenizer_free(&t);
+        return fflush(stdout) == 0 ? 0 : 1;
+    }
+
+    if (!model_path) usage();
+    Model m;
+    load_model(&m, model_path);
+    if (info) { print_info(&m, ctx); return 0; }
+    if (ctx == 0) ctx = m.c.max_pos;
+
+    Tokenizer tok, *tokp = NULL;
+    int n_prompt = 0, *prompt_ids = NULL;
+    if (token_list) {
+        prompt_ids = parse_token_list(token_list, &n_prompt);
+    } else {
+        tokenizer_load(&tok, tok_path);
+        tokp = &tok;
+        const char *text = prompt ? prompt : "";
+        size_t n = strlen(text);
+        prompt_ids = xcalloc(n + 3, sizeof(int));
+        n_prompt = tokenizer_encode(&tok, text, n, 1, prompt_ids, (int)(n + 3));
+    }
+    if (n_prompt < 1) fatal("the prompt is empty");
+    check_tokens(&m, prompt_ids, n_prompt);
+    if (!tokp && !print_ids && !logits_path && access(tok_path, R_OK) == 0) { tokenizer_load(&tok, tok_path); tokp = &tok; }
+    if (tokp && tokp->vocab_size > m.c.vocab_size)
+        fatal("%s has %d tokens but %s has a vocab of %d: wrong tokenizer?", tok_path, tokp->vocab_size, model_path, m.c.vocab_size);
+    if (!tokp) print_ids = 1;
+
+    RunState s;
+    alloc_run_state(&s, &m, ctx);
+    if (logits_path) {
+        write_logits(&m, &s, prompt_ids, n_prompt, one_by_one, logits_path);
+        return 0;
+    }
+    Sampler sp = {temperature, topp, minp, repeat_penalty, topk, seed ? seed : (unsigned long long)time(NULL), NULL};
+    sp.probindex = xcalloc((size_t)m.c.vocab_size, sizeof(ProbIndex));
+    if (tokp && prompt && !quiet && !print_ids) { fputs(prompt, stdout); fflush(stdout); }
+    generate(&m, &s, tokp, &sp, prompt_ids, n_prompt, steps, one_by_one, print_ids, quiet);
+    return 0;
+}
