@@ -63,7 +63,6 @@ static const char *kind_names[N_KINDS] = {"attention", "hgrn", "hgrn2", "gla", "
 static const char kind_letters[N_KINDS] = {'A', 'H', '2', 'G', 'R', 'D', 'N'};
 
 enum { DTYPE_F32, DTYPE_F16, DTYPE_BF16, DTYPE_Q8, N_DTYPES };
-static const char *dtype_names[N_DTYPES] = {"fp32", "fp16", "bf16", "q8"};
 
 // config flags
 #define FLAG_SHORT_CONV  (1 << 0) // q/k/v (or i/f) short convolutions
@@ -478,6 +477,19 @@ static void alloc_run_state(RunState *s, const Model *m, int ctx) {
         for (int i = 0; i < 3; i++)
             if (w->conv_w[i]) ls->conv_cache[i] = xcalloc((size_t)w->conv_channels[i] * (c->conv_size - 1) + 1, sizeof(float));
     }
+}
+
+// back to an empty sequence: zero states, conv caches and position (KV rows are overwritten as they fill)
+static void reset_run_state(RunState *s, const Model *m) {
+    const Config *c = &m->c;
+    for (int l = 0; l < c->n_layers; l++) {
+        const LayerWeights *w = &m->layers[l];
+        LayerState *ls = &s->layers[l];
+        if (ls->state) memset(ls->state, 0, linear_state_floats(c, w->kind) * sizeof(float));
+        for (int i = 0; i < 3; i++)
+            if (ls->conv_cache[i]) memset(ls->conv_cache[i], 0, (size_t)w->conv_channels[i] * (c->conv_size - 1) * sizeof(float));
+    }
+    s->pos = 0;
 }
 
 // ----------------------------------------------------------------------------
@@ -1617,6 +1629,42 @@ static void generate(const Model *m, RunState *s, const Tokenizer *tok, Sampler 
     free(recent);
 }
 
+/* Perplexity: the tokens (BOS first) are cut into consecutive windows of ctx tokens; each
+   window starts from an empty state and predicts its tokens 1..len-1 from the ones before.
+   ppl = exp(mean NLL); the error is the delta-method standard error of that mean. */
+static void perplexity(const Model *m, RunState *s, const int *tokens, int n, int ctx, double text_bytes) {
+    int V = m->c.vocab_size, is_tty = isatty(2);
+    double sum = 0, sum_sq = 0;
+    long count = 0;
+    for (int w0 = 0; w0 < n; w0 += ctx) {
+        int len = n - w0 < ctx ? n - w0 : ctx;
+        reset_run_state(s, m);
+        for (int i = 0; i < len - 1;) {        // feed tokens 0..len-2 of the window, in batches
+            int T = len - 1 - i < MAX_BATCH ? len - 1 - i : MAX_BATCH;
+            forward(m, s, tokens + w0 + i, T, 1);
+            for (int t = 0; t < T; t++) {
+                float *lg = s->logits + (size_t)t * V, mx = lg[0];
+                for (int j = 1; j < V; j++) mx = fmaxf(mx, lg[j]);
+                double z = 0;
+                for (int j = 0; j < V; j++) z += exp((double)lg[j] - mx);
+                double nll = log(z) + mx - lg[tokens[w0 + i + t + 1]];
+                sum += nll;
+                sum_sq += nll * nll;
+                count++;
+            }
+            i += T;
+        }
+        if (is_tty) fprintf(stderr, "\r[%-30.*s] %d/%d tokens", (int)(30.0 * (w0 + len) / n), "##############################", w0 + len, n);
+    }
+    if (is_tty) fputc('\n', stderr);
+    if (count == 0) fatal("perplexity needs at least 2 tokens in a window");
+    double mean = sum / count, var = sum_sq / count - mean * mean;
+    double ppl = exp(mean), err = ppl * sqrt((var > 0 ? var : 0) / count);
+    printf("ppl=%.6f \xc2\xb1 %.6f tokens=%ld mean_nll=%.8f", ppl, err, count, mean);
+    if (text_bytes > 0) printf(" bits_per_byte=%.6f", sum / log(2.0) / text_bytes);
+    printf("\n");
+}
+
 static void print_info(const Model *m, int ctx) {
     const Config *c = &m->c;
     int L = c->n_layers;
@@ -1665,6 +1713,8 @@ static void usage(void) {
             "  -s SEED        random seed (default: time)\n"
             "  -T N           threads (default: number of CPUs)\n"
             "  --ctx N        context length for full-attention layers (default: max_position_embeddings)\n"
+            "  --ppl FILE     perplexity of a text file, in windows of --ctx tokens\n"
+            "  --tokens-file F  prompt (or, with -n 0, text to score) as whitespace-separated token ids\n"
             "  --logits FILE  write float32 logits of every prompt position, [n_prompt][vocab], and exit\n"
             "  --one-by-one   feed the prompt one token at a time (the decode path)\n"
             "  --ids          print generated token ids instead of text\n"
@@ -1734,7 +1784,7 @@ static float parse_float(const char *flag, const char *v, float lo, float hi) {
 
 int main(int argc, char **argv) {
     const char *model_path = NULL, *tok_path = "tokenizer.bin", *prompt = NULL, *token_list = NULL, *logits_path = NULL;
-    const char *text_file = NULL;
+    const char *text_file = NULL, *ppl_file = NULL, *tokens_file = NULL;
     int steps = 256, one_by_one = 0, print_ids = 0, quiet = 0, info = 0, tokenize = 0, detokenize = 0, ctx = 0;
     float temperature = 1.0f, topp = 0.9f, minp = 0.0f, repeat_penalty = 1.0f;
     int topk = 0;
@@ -1762,6 +1812,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-T")) n_threads = (int)parse_int(a, NEXT(), 1, 64);
         else if (!strcmp(a, "--ctx")) ctx = (int)parse_int(a, NEXT(), 1, 1 << 24);
         else if (!strcmp(a, "--logits")) logits_path = NEXT();
+        else if (!strcmp(a, "--ppl")) ppl_file = NEXT();
+        else if (!strcmp(a, "--tokens-file")) tokens_file = NEXT();
         else if (!strcmp(a, "--one-by-one")) one_by_one = 1;
         else if (!strcmp(a, "--ids")) print_ids = 1;
         else if (!strcmp(a, "--quiet")) quiet = 1;
@@ -1811,8 +1863,33 @@ int main(int argc, char **argv) {
 
     Tokenizer tok, *tokp = NULL;
     int n_prompt = 0, *prompt_ids = NULL;
+    double text_bytes = 0;
     if (token_list) {
         prompt_ids = parse_token_list(token_list, &n_prompt);
+    } else if (tokens_file) {
+        size_t n;
+        char *text = read_text_file(tokens_file, &n);
+        prompt_ids = xcalloc(n / 2 + 1, sizeof(int));
+        for (char *p = text, *end; ; p = end) {
+            while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r' || *p == ',') p++;
+            if (!*p) break;
+            errno = 0;
+            long v = strtol(p, &end, 10);
+            if (end == p || errno || v < INT32_MIN || v > INT32_MAX || (size_t)n_prompt > n / 2)
+                fatal("%s: not a list of token ids (at byte %ld)", tokens_file, (long)(p - text));
+            prompt_ids[n_prompt++] = (int)v;
+        }
+        free(text);
+    } else if (ppl_file) {
+        tokenizer_load(&tok, tok_path);
+        tokp = &tok;
+        size_t n;
+        char *text = read_text_file(ppl_file, &n);
+        if (n > (size_t)INT32_MAX / 2) fatal("%s: too large", ppl_file);
+        prompt_ids = xcalloc(n + 3, sizeof(int));
+        n_prompt = tokenizer_encode(&tok, text, n, 1, prompt_ids, (int)(n + 3));
+        text_bytes = (double)n;
+        free(text);
     } else {
         tokenizer_load(&tok, tok_path);
         tokp = &tok;
@@ -1823,12 +1900,21 @@ int main(int argc, char **argv) {
     }
     if (n_prompt < 1) fatal("the prompt is empty");
     check_tokens(&m, prompt_ids, n_prompt);
-    if (!tokp && !print_ids && !logits_path && access(tok_path, R_OK) == 0) { tokenizer_load(&tok, tok_path); tokp = &tok; }
+    if (!tokp && !print_ids && !logits_path && access(tok_path, R_OK) == 0) { // only to print text
+        tokenizer_load(&tok, tok_path);
+        tokp = &tok;
+        if (tok.vocab_size > m.c.vocab_size) { tokenizer_free(&tok); tokp = NULL; } // not this model's: print ids
+    }
     if (tokp && tokp->vocab_size > m.c.vocab_size)
         fatal("%s has %d tokens but %s has a vocab of %d: wrong tokenizer?", tok_path, tokp->vocab_size, model_path, m.c.vocab_size);
     if (!tokp) print_ids = 1;
 
     RunState s;
+    if (ppl_file || (tokens_file && !logits_path && steps == 0)) { // score the text in windows of --ctx tokens
+        alloc_run_state(&s, &m, ctx);
+        perplexity(&m, &s, prompt_ids, n_prompt, ctx, text_bytes);
+        return 0;
+    }
     alloc_run_state(&s, &m, ctx);
     if (logits_path) {
         write_logits(&m, &s, prompt_ids, n_prompt, one_by_one, logits_path);
