@@ -609,7 +609,10 @@ def export_model(hf_dir, out_path, dtype, check):
     n_params = sum(a.size for _, a, _ in tensors)
     print(f"{layout_string(kinds, c['model_type'])}; hidden {c['dim']}, vocab {c['vocab']}, "
           f"{n_params / 1e6:.2f}M parameters", file=sys.stderr)
-    size = write_model(out_path, c, kinds, tensors, dtype)
+    try:
+        size = write_model(out_path, c, kinds, tensors, dtype)
+    except ExportError as e:
+        fail(hf_dir, f"tensor {e}")
     print(f"wrote {out_path}: {size / 1e6:.1f} MB, weights {dtype}", file=sys.stderr)
     if check:
         import subprocess

@@ -1,0 +1,35 @@
+# hla.c: `make run` builds and talks; `make test` installs the test deps, builds, runs every test.
+CC ?= gcc
+CFLAGS ?= -O3 -march=native -Wall -Wextra
+LDLIBS = -lm -lpthread
+MODEL ?= models/shakespeare_gdn.bin
+PROMPT ?= ROMEO:
+PYTHON ?= python3
+
+.PHONY: run build test test-deps asan clean
+
+run: build
+	./run $(MODEL) -z tokenizer.bin -i "$(PROMPT)" -n 200 -t 0.8 -p 0.9
+
+# the binary only, without running it
+build: run.c
+	$(CC) $(CFLAGS) -o run run.c $(LDLIBS)
+
+run_asan: run.c
+	$(CC) -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Wall -Wextra \
+	    -o $@ run.c $(LDLIBS)
+
+test-deps:
+	$(PYTHON) -m pip install -q --disable-pip-version-check numpy safetensors tokenizers sentencepiece pytest
+
+# every test on the normal build, then the C-facing tests again under ASan + UBSan
+test: test-deps build
+	$(PYTHON) -m pytest -q tests
+	$(MAKE) asan
+
+asan: run_asan
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 HLA_RUN=$(CURDIR)/run_asan \
+	    $(PYTHON) -m pytest -q tests/test_fla_fixtures.py tests/test_bad_inputs.py tests/test_tokenizer.py tests/test_export_quirks.py
+
+clean:
+	rm -f run run_asan
