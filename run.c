@@ -1690,10 +1690,24 @@ static void print_info(const Model *m, int ctx) {
             for (int i = 0; i < 3; i++) if (w->conv_w[i]) conv_floats += (size_t)w->conv_channels[i] * (c->conv_size - 1);
         }
     }
+    size_t state_bytes = (state_floats + conv_floats) * 4, kv_bytes = kv_per_token * 4;
     printf("recurrent state: %zu bytes (+ %zu bytes of conv caches), constant in the context length\n",
            state_floats * 4, conv_floats * 4);
-    printf("kv cache: %zu bytes per token%s\n", kv_per_token * 4,
-           c->attn_window ? " (sliding window: at most window tokens are kept)" : "");
+    printf("kv cache: %zu bytes per token%s\n", kv_bytes,
+           c->attn_window ? " (sliding window: only the last window of tokens is kept)" : "");
+    // the paper's argument in numbers: state + KV memory of this model vs a pure Transformer
+    // of the same width and depth (every layer full multi-head attention, fp32 cache)
+    size_t transformer_per_token = (size_t)L * 2 * c->dim * 4;
+    printf("memory per sequence (fp32)   %14s %14s %14s\n", "2K tokens", "32K tokens", "128K tokens");
+    const int lens[3] = {2048, 32768, 131072};
+    printf("  this model                 ");
+    for (int i = 0; i < 3; i++) {
+        size_t kept = c->attn_window && c->attn_window < lens[i] ? (size_t)c->attn_window : (size_t)lens[i];
+        printf(" %11.1f MB", (state_bytes + kv_bytes * kept) / 1e6);
+    }
+    printf("\n  pure Transformer, same size");
+    for (int i = 0; i < 3; i++) printf(" %11.1f MB", (double)transformer_per_token * lens[i] / 1e6);
+    printf("\n");
     (void)ctx;
 }
 
