@@ -6,7 +6,7 @@ MODEL ?= models/shakespeare_gdn.bin
 PROMPT ?= ROMEO:
 PYTHON ?= python3
 
-.PHONY: run build test test-deps asan clean
+.PHONY: run build test test-deps asan paper-shapes clean
 
 run: build
 	./run $(MODEL) -z tokenizer.bin -i "$(PROMPT)" -n 200 -t 0.8 -p 0.9
@@ -30,6 +30,10 @@ test: test-deps build
 asan: run_asan
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 HLA_RUN=$(CURDIR)/run_asan \
 	    $(PYTHON) -m pytest -q tests/test_fla_fixtures.py tests/test_bad_inputs.py tests/test_tokenizer.py tests/test_export_quirks.py
+
+# the paper's 340M shape for every kind, random weights (~0.7 GB of disk at a time, a few minutes)
+paper-shapes: build test-deps
+	$(PYTHON) tests/paper_shape_check.py
 
 clean:
 	rm -f run run_asan
