@@ -1,0 +1,32 @@
+"""Weights exported as fp16 / bf16 / q8 (matrices only; norms, gates, convs stay fp32)
+against fla's fp32 logits, with a tolerance stated per type, and the SIMD fast paths
+(one token: dots straight from the dtype) against the batched path (rows converted to fp32)."""
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import FIXTURES, run_tool
+
+# max |logit - fla fp32 logit| on these random O(1)-weight models (logits up to ~4.5)
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 1e-1, "q8": 2.5e-1}
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE))
+@pytest.mark.parametrize("name", ["gated_deltanet_gva", "gla_gqa_conv_clamp", "transformer"])
+def test_weight_dtype_against_fla_fp32(name, dtype, exported, tmp_path):
+    e = load_file(str(FIXTURES / name / "expected.safetensors"))
+    toks = ",".join(map(str, e["tokens_long"]))
+    got = {}
+    for mode in ([], ["--one-by-one"]):
+        out = tmp_path / "l.f32"
+        run_tool(exported(name, dtype), "--tokens", toks, "--logits", out, *mode)
+        got[bool(mode)] = np.fromfile(out, np.float32).reshape(len(e["tokens_long"]), -1)
+    diff = float(np.abs(got[False] - e["logits_long_decode"]).max())
+    print(f"{name} {dtype}: max|diff| from fla fp32 {diff:.2e}")
+    assert diff <= TOLERANCE[dtype]
+    assert float(np.abs(got[False] - got[True]).max()) <= 1e-4  # batched == one token at a time
+
+
+def test_q8_file_is_about_a_quarter_of_fp32(exported):
+    a, b = exported("gated_deltanet_gva", "fp32").stat().st_size, exported("gated_deltanet_gva", "q8").stat().st_size
+    assert b < 0.4 * a
