@@ -29,7 +29,7 @@ test: test-deps build
 
 asan: run_asan
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 HLA_RUN=$(CURDIR)/run_asan \
-	    $(PYTHON) -m pytest -q tests/test_fla_fixtures.py tests/test_bad_inputs.py tests/test_tokenizer.py tests/test_export_quirks.py tests/test_dtypes.py
+	    $(PYTHON) -m pytest -q tests/test_fla_fixtures.py tests/test_bad_inputs.py tests/test_tokenizer.py tests/test_export_quirks.py tests/test_dtypes.py tests/test_tools.py
 
 # the paper's 340M shape for every kind, random weights (~0.7 GB of disk at a time, a few minutes)
 paper-shapes: build test-deps

@@ -156,6 +156,7 @@ typedef struct {
 } Model;
 
 static int n_threads = 1;
+static int verbose = 0;     // --verbose: per-layer state norms after every forward
 
 static int checked_dim(const char *path, const char *what, int v, int lo, int hi) {
     if (v < lo || v > hi) fatal("%s: header field %s = %d is out of range [%d, %d]", path, what, v, lo, hi);
@@ -433,6 +434,7 @@ typedef struct {
 typedef struct {
     LayerState *layers;
     int pos;                // tokens seen so far
+    int last_token;         // the last token fed (-1: none)
     int kv_capacity;        // rows of each attention layer's cache (window or context)
     int ctx;                // the longest sequence a full-attention model may reach
     // activations for up to MAX_BATCH tokens
@@ -460,6 +462,7 @@ static void alloc_run_state(RunState *s, const Model *m, int ctx) {
     const Config *c = &m->c;
     memset(s, 0, sizeof *s);
     s->ctx = ctx;
+    s->last_token = -1;
     s->kv_capacity = c->attn_window > 0 && c->attn_window < ctx ? c->attn_window : ctx;
     size_t B = MAX_BATCH;
     s->proj = max3((size_t)c->dim, (size_t)c->hidden_dim, 0);
@@ -502,6 +505,7 @@ static void reset_run_state(RunState *s, const Model *m) {
             if (ls->conv_cache[i]) memset(ls->conv_cache[i], 0, (size_t)w->conv_channels[i] * (c->conv_size - 1) * sizeof(float));
     }
     s->pos = 0;
+    s->last_token = -1;
 }
 
 // ----------------------------------------------------------------------------
@@ -1094,6 +1098,20 @@ static void mlp(const LayerWeights *w, RunState *s, int T, int hidden_dim, float
     matmul(out, s->hb, &w->mlp_down, T);
 }
 
+// --verbose, for teaching and debugging: how big each layer's memory is after a step
+static void print_state_norms(const Model *m, const RunState *s) {
+    fprintf(stderr, "pos %5d |", s->pos);
+    for (int l = 0; l < m->c.n_layers; l++) {
+        const LayerState *ls = &s->layers[l];
+        if (!ls->state) { fprintf(stderr, " A:%d", s->pos < s->kv_capacity ? s->pos : s->kv_capacity); continue; }
+        size_t n = linear_state_floats(&m->c, m->kinds[l]);
+        double ss = 0;
+        for (size_t i = 0; i < n; i++) ss += (double)ls->state[i] * ls->state[i];
+        fprintf(stderr, " %c:%.3g", kind_letters[m->kinds[l]], sqrt(ss));
+    }
+    fputc('\n', stderr);
+}
+
 // ----------------------------------------------------------------------------
 // Forward: T tokens at positions pos..pos+T-1 (T <= MAX_BATCH). Pre-norm blocks:
 //   h = E[token];  per layer: h += mixer(RMSNorm(h));  h += MLP(RMSNorm(h))
@@ -1125,6 +1143,8 @@ static void forward(const Model *m, RunState *s, const int *tokens, int T, int a
     for (int t = first; t < T; t++) rmsnorm(s->xb + (size_t)(t - first) * D, s->x + (size_t)t * D, m->final_norm, D, c->norm_eps);
     matmul(s->logits, s->xb, &m->lm_head, n);
     s->pos += T;
+    s->last_token = tokens[T - 1];
+    if (verbose) print_state_norms(m, s);
 }
 
 // ----------------------------------------------------------------------------
@@ -1752,7 +1772,7 @@ static void generate(const Model *m, RunState *s, const Tokenizer *tok, Sampler 
     double t1 = now_seconds();
     int *recent = xcalloc((size_t)steps + n_prompt + 1, sizeof(int));
     memcpy(recent, prompt, sizeof(int) * n_prompt);
-    int n_recent = n_prompt, prev = prompt[n_prompt - 1], generated = 0;
+    int n_recent = n_prompt, prev = s->last_token, generated = 0;
     DecodeStream ds;
     decode_init(&ds);
     for (int i = 0; i < steps; i++) {
@@ -1771,7 +1791,7 @@ static void generate(const Model *m, RunState *s, const Tokenizer *tok, Sampler 
         }
     }
     if (!print_ids) decode_flush(&ds, stdout);
-    printf("\n");
+    if (steps > 0) printf("\n");
     double t2 = now_seconds();
     if (!quiet)
         fprintf(stderr, "prompt: %d tokens, %.1f tok/s | generated: %d tokens, %.1f tok/s | %d threads\n", n_prompt,
@@ -1781,26 +1801,47 @@ static void generate(const Model *m, RunState *s, const Tokenizer *tok, Sampler 
 
 /* Perplexity: the tokens (BOS first) are cut into consecutive windows of ctx tokens; each
    window starts from an empty state and predicts its tokens 1..len-1 from the ones before.
-   ppl = exp(mean NLL); the error is the delta-method standard error of that mean. */
-static void perplexity(const Model *m, RunState *s, const int *tokens, int n, int ctx, double text_bytes) {
+   ppl = exp(mean NLL); the error is the delta-method standard error of that mean.
+   With a reference model (--kl-ref, e.g. the fp32 export of a q8 file) both run side by
+   side and we also report the mean KL(reference || this) of the next-token distributions. */
+static double log_softmax_at(const float *lg, int V, int index, double *log_z_out) {
+    float mx = lg[0];
+    for (int j = 1; j < V; j++) mx = fmaxf(mx, lg[j]);
+    double z = 0;
+    for (int j = 0; j < V; j++) z += exp((double)lg[j] - mx);
+    *log_z_out = log(z) + mx;
+    return (double)lg[index] - *log_z_out;
+}
+
+static void perplexity(const Model *m, RunState *s, const Model *ref, RunState *rs, const int *tokens, int n, int ctx,
+                       double text_bytes) {
     int V = m->c.vocab_size, is_tty = isatty(2);
-    double sum = 0, sum_sq = 0;
+    double sum = 0, sum_sq = 0, kl_sum = 0;
     long count = 0;
     for (int w0 = 0; w0 < n; w0 += ctx) {
         int len = n - w0 < ctx ? n - w0 : ctx;
         reset_run_state(s, m);
+        if (ref) reset_run_state(rs, ref);
         for (int i = 0; i < len - 1;) {        // feed tokens 0..len-2 of the window, in batches
             int T = len - 1 - i < MAX_BATCH ? len - 1 - i : MAX_BATCH;
             forward(m, s, tokens + w0 + i, T, 1);
+            if (ref) forward(ref, rs, tokens + w0 + i, T, 1);
             for (int t = 0; t < T; t++) {
-                float *lg = s->logits + (size_t)t * V, mx = lg[0];
-                for (int j = 1; j < V; j++) mx = fmaxf(mx, lg[j]);
-                double z = 0;
-                for (int j = 0; j < V; j++) z += exp((double)lg[j] - mx);
-                double nll = log(z) + mx - lg[tokens[w0 + i + t + 1]];
+                const float *lg = s->logits + (size_t)t * V;
+                double log_z, nll = -log_softmax_at(lg, V, tokens[w0 + i + t + 1], &log_z);
                 sum += nll;
                 sum_sq += nll * nll;
                 count++;
+                if (ref) { // KL(p_ref || p) = sum_j p_ref[j] (log p_ref[j] - log p[j])
+                    const float *rl = rs->logits + (size_t)t * V;
+                    double ref_log_z, kl = 0;
+                    log_softmax_at(rl, V, 0, &ref_log_z);
+                    for (int j = 0; j < V; j++) {
+                        double lp_ref = rl[j] - ref_log_z, lp = lg[j] - log_z;
+                        kl += exp(lp_ref) * (lp_ref - lp);
+                    }
+                    kl_sum += kl;
+                }
             }
             i += T;
         }
@@ -1812,7 +1853,85 @@ static void perplexity(const Model *m, RunState *s, const int *tokens, int n, in
     double ppl = exp(mean), err = ppl * sqrt((var > 0 ? var : 0) / count);
     printf("ppl=%.6f \xc2\xb1 %.6f tokens=%ld mean_nll=%.8f", ppl, err, count, mean);
     if (text_bytes > 0) printf(" bits_per_byte=%.6f", sum / log(2.0) / text_bytes);
+    if (ref) printf(" mean_kl=%.8f", kl_sum / count);
     printf("\n");
+}
+
+/* The sequence state, saved after a prompt and restored to continue it: position, last
+   token and its logits, then per layer the recurrent state and conv caches (a constant
+   size) or the KV rows in use, oldest first (growing with the position, up to the window).
+   File: "HLAS", u32 version, u64 hash of the model config, i32 n_layers, dim, vocab, pos,
+   last_token, kv_rows; then the floats. Checked against this model before use. */
+#define STATE_MAGIC "HLAS"
+#define STATE_VERSION 1u
+
+typedef struct { char magic[4]; uint32_t version; uint64_t config_hash; int32_t n_layers, dim, vocab, pos, last_token, kv_rows; } StateHeader;
+
+static size_t conv_cache_floats(const Model *m, int l, int i) {
+    return (size_t)m->layers[l].conv_channels[i] * (m->c.conv_size - 1);
+}
+
+static void save_state(const Model *m, const RunState *s, const char *path) {
+    FILE *f = fopen(path, "wb");
+    if (!f) fatal("%s: cannot open for writing (%s)", path, strerror(errno));
+    int rows = s->pos < s->kv_capacity ? s->pos : s->kv_capacity;
+    StateHeader h = {{STATE_MAGIC[0], STATE_MAGIC[1], STATE_MAGIC[2], STATE_MAGIC[3]}, STATE_VERSION,
+                     hash_bytes((const char *)&m->c, sizeof m->c), m->c.n_layers, m->c.dim, m->c.vocab_size, s->pos,
+                     s->last_token, rows};
+    int ok = fwrite(&h, sizeof h, 1, f) == 1 && fwrite(s->logits, sizeof(float), (size_t)m->c.vocab_size, f) == (size_t)m->c.vocab_size;
+    size_t kv_dim = (size_t)m->c.attn_kv_heads * m->c.attn_head_dim;
+    for (int l = 0; l < m->c.n_layers && ok; l++) {
+        const LayerState *ls = &s->layers[l];
+        if (ls->state) {
+            size_t n = linear_state_floats(&m->c, m->kinds[l]);
+            ok = fwrite(ls->state, sizeof(float), n, f) == n;
+            for (int i = 0; i < 3 && ok; i++)
+                if (ls->conv_cache[i]) ok = fwrite(ls->conv_cache[i], sizeof(float), conv_cache_floats(m, l, i), f) == conv_cache_floats(m, l, i);
+        } else
+            for (int p = s->pos - rows; p < s->pos && ok; p++) {
+                size_t row = (size_t)(p % s->kv_capacity) * kv_dim;
+                ok = fwrite(ls->key_cache + row, sizeof(float), kv_dim, f) == kv_dim &&
+                     fwrite(ls->value_cache + row, sizeof(float), kv_dim, f) == kv_dim;
+            }
+    }
+    if (!ok || fclose(f) != 0) fatal("%s: write failed", path);
+}
+
+static void read_floats(FILE *f, float *dst, size_t n, const char *path) {
+    if (fread(dst, sizeof(float), n, f) != n) fatal("%s: truncated state file", path);
+}
+
+static void load_state(const Model *m, RunState *s, const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) fatal("%s: cannot open (%s)", path, strerror(errno));
+    StateHeader h;
+    if (fread(&h, sizeof h, 1, f) != 1) fatal("%s: too small to be a state file", path);
+    if (memcmp(h.magic, STATE_MAGIC, 4) != 0 || h.version != STATE_VERSION) fatal("%s: not an hla.c state file (version 1)", path);
+    if (h.config_hash != hash_bytes((const char *)&m->c, sizeof m->c) || h.n_layers != m->c.n_layers ||
+        h.dim != m->c.dim || h.vocab != m->c.vocab_size)
+        fatal("%s: saved with a different model than %s", path, m->path);
+    if (h.pos < 1 || h.pos > s->ctx || h.last_token < 0 || h.last_token >= m->c.vocab_size || h.kv_rows < 0 ||
+        h.kv_rows > h.pos || h.kv_rows < (h.pos < s->kv_capacity ? h.pos : s->kv_capacity))
+        fatal("%s: position %d / %d KV rows do not fit this run (context %d)", path, h.pos, h.kv_rows, s->ctx);
+    read_floats(f, s->logits, (size_t)m->c.vocab_size, path);
+    size_t kv_dim = (size_t)m->c.attn_kv_heads * m->c.attn_head_dim;
+    for (int l = 0; l < m->c.n_layers; l++) {
+        LayerState *ls = &s->layers[l];
+        if (ls->state) {
+            read_floats(f, ls->state, linear_state_floats(&m->c, m->kinds[l]), path);
+            for (int i = 0; i < 3; i++) if (ls->conv_cache[i]) read_floats(f, ls->conv_cache[i], conv_cache_floats(m, l, i), path);
+        } else
+            for (int p = h.pos - h.kv_rows; p < h.pos; p++) { // only the newest kv_capacity rows stay
+                float *k = ls->key_cache + (size_t)(p % s->kv_capacity) * kv_dim;
+                float *v = ls->value_cache + (size_t)(p % s->kv_capacity) * kv_dim;
+                read_floats(f, k, kv_dim, path);
+                read_floats(f, v, kv_dim, path);
+            }
+    }
+    if (fgetc(f) != EOF) fatal("%s: trailing bytes after the state", path);
+    fclose(f);
+    s->pos = h.pos;
+    s->last_token = h.last_token;
 }
 
 static void print_info(const Model *m, int ctx) {
@@ -1878,6 +1997,10 @@ static void usage(void) {
             "  -T N           threads (default: number of CPUs)\n"
             "  --ctx N        context length for full-attention layers (default: max_position_embeddings)\n"
             "  --ppl FILE     perplexity of a text file, in windows of --ctx tokens\n"
+            "  --kl-ref REF.bin  with --ppl: also the mean KL(REF || MODEL) of the next-token distributions\n"
+            "  --save-state F   after the prompt, save the whole sequence state (states, conv and KV caches)\n"
+            "  --load-state F   start from a saved state; the prompt (no BOS) continues it\n"
+            "  --verbose        per-layer state norms at every step (stderr)\n"
             "  --tokens-file F  prompt (or, with -n 0, text to score) as whitespace-separated token ids\n"
             "  --logits FILE  write float32 logits of every prompt position, [n_prompt][vocab], and exit\n"
             "  --one-by-one   feed the prompt one token at a time (the decode path)\n"
@@ -1949,7 +2072,8 @@ static float parse_float(const char *flag, const char *v, float lo, float hi) {
 #ifndef HLA_FUZZ
 int main(int argc, char **argv) {
     const char *model_path = NULL, *tok_path = "tokenizer.bin", *prompt = NULL, *token_list = NULL, *logits_path = NULL;
-    const char *text_file = NULL, *ppl_file = NULL, *tokens_file = NULL;
+    const char *text_file = NULL, *ppl_file = NULL, *tokens_file = NULL, *kl_ref_path = NULL;
+    const char *save_state_path = NULL, *load_state_path = NULL;
     int steps = 256, one_by_one = 0, print_ids = 0, quiet = 0, info = 0, tokenize = 0, detokenize = 0, ctx = 0;
     float temperature = 1.0f, topp = 0.9f, minp = 0.0f, repeat_penalty = 1.0f;
     int topk = 0;
@@ -1979,6 +2103,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--logits")) logits_path = NEXT();
         else if (!strcmp(a, "--ppl")) ppl_file = NEXT();
         else if (!strcmp(a, "--tokens-file")) tokens_file = NEXT();
+        else if (!strcmp(a, "--kl-ref")) kl_ref_path = NEXT();
+        else if (!strcmp(a, "--save-state")) save_state_path = NEXT();
+        else if (!strcmp(a, "--load-state")) load_state_path = NEXT();
+        else if (!strcmp(a, "--verbose")) verbose = 1;
         else if (!strcmp(a, "--one-by-one")) one_by_one = 1;
         else if (!strcmp(a, "--ids")) print_ids = 1;
         else if (!strcmp(a, "--quiet")) quiet = 1;
@@ -2045,6 +2173,8 @@ int main(int argc, char **argv) {
             prompt_ids[n_prompt++] = (int)v;
         }
         free(text);
+    } else if (load_state_path && !prompt) { // continue the saved sequence with no new text
+        prompt_ids = xcalloc(1, sizeof(int));
     } else if (ppl_file) {
         tokenizer_load(&tok, tok_path);
         tokp = &tok;
@@ -2061,9 +2191,9 @@ int main(int argc, char **argv) {
         const char *text = prompt ? prompt : "";
         size_t n = strlen(text);
         prompt_ids = xcalloc(n + 3, sizeof(int));
-        n_prompt = tokenizer_encode(&tok, text, n, 1, prompt_ids, (int)(n + 3));
+        n_prompt = tokenizer_encode(&tok, text, n, !load_state_path, prompt_ids, (int)(n + 3));
     }
-    if (n_prompt < 1) fatal("the prompt is empty");
+    if (n_prompt < 1 && !load_state_path) fatal("the prompt is empty");
     check_tokens(&m, prompt_ids, n_prompt);
     if (!tokp && !print_ids && !logits_path && access(tok_path, R_OK) == 0) { // only to print text
         tokenizer_load(&tok, tok_path);
@@ -2077,10 +2207,24 @@ int main(int argc, char **argv) {
     RunState s;
     if (ppl_file || (tokens_file && !logits_path && steps == 0)) { // score the text in windows of --ctx tokens
         alloc_run_state(&s, &m, ctx);
-        perplexity(&m, &s, prompt_ids, n_prompt, ctx, text_bytes);
+        Model ref;
+        RunState ref_state;
+        if (kl_ref_path) {
+            load_model(&ref, kl_ref_path);
+            if (ref.c.vocab_size != m.c.vocab_size) fatal("%s: vocab %d differs from %s's %d", kl_ref_path, ref.c.vocab_size, model_path, m.c.vocab_size);
+            alloc_run_state(&ref_state, &ref, ctx);
+        }
+        perplexity(&m, &s, kl_ref_path ? &ref : NULL, &ref_state, prompt_ids, n_prompt, ctx, text_bytes);
         return 0;
     }
     alloc_run_state(&s, &m, ctx);
+    if (load_state_path) load_state(&m, &s, load_state_path);
+    if (save_state_path) { // the prompt first, then the state; generation (if any) continues from it
+        if (n_prompt < 1) fatal("--save-state needs a prompt");
+        feed(&m, &s, prompt_ids, n_prompt, one_by_one, NULL);
+        save_state(&m, &s, save_state_path);
+        n_prompt = 0;
+    }
     if (logits_path) {
         write_logits(&m, &s, prompt_ids, n_prompt, one_by_one, logits_path);
         return 0;

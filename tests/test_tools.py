@@ -1,0 +1,119 @@
+"""The sanity tools: perplexity (against fla's own cross-entropy), KL against a reference
+export, state save/restore, --verbose, sampling options."""
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import FIXTURES, run_tool
+
+
+def ids_file(tmp_path, ids):
+    p = tmp_path / "ids.txt"
+    p.write_text(" ".join(map(str, ids)))
+    return p
+
+
+def parse(out):
+    return dict(kv.split("=") for kv in out.split() if "=" in kv)
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet_hybrid_6_1", "hgrn_pure", "transformer", "retnet_gqa"])
+def test_perplexity_equals_exp_of_fla_cross_entropy(name, exported, tmp_path):
+    e = load_file(str(FIXTURES / name / "expected.safetensors"))
+    tokens, logits = e["tokens_long"], e["logits_long_decode"].astype(np.float64)
+    # fla's mean cross-entropy of tokens 1..79 given the ones before (one window of 80)
+    log_z = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+    nll = log_z[:-1] - logits[np.arange(len(tokens) - 1), tokens[1:]]
+    fla_ppl = float(np.exp(nll.mean()))
+    out = run_tool(exported(name), "--tokens-file", ids_file(tmp_path, tokens), "-n", 0, "--ctx", 80).stdout.decode()
+    got = parse(out)
+    assert int(got["tokens"]) == 79
+    assert abs(float(got["ppl"]) - fla_ppl) <= 1e-4 * fla_ppl, (got["ppl"], fla_ppl)
+
+
+def test_perplexity_windows_restart_from_empty_state(exported, tmp_path):
+    e = load_file(str(FIXTURES / "transformer" / "expected.safetensors"))
+    ids = ids_file(tmp_path, e["tokens_long"])
+    whole = parse(run_tool(exported("transformer"), "--tokens-file", ids, "-n", 0, "--ctx", 80).stdout.decode())
+    halves = parse(run_tool(exported("transformer"), "--tokens-file", ids, "-n", 0, "--ctx", 40).stdout.decode())
+    assert int(whole["tokens"]) == 79 and int(halves["tokens"]) == 78
+    assert whole["ppl"] != halves["ppl"]
+
+
+def test_kl_against_reference(exported, tmp_path):
+    e = load_file(str(FIXTURES / "gated_deltanet_gva" / "expected.safetensors"))
+    ids = ids_file(tmp_path, e["tokens_long"])
+    fp32 = exported("gated_deltanet_gva")
+    same = parse(run_tool(fp32, "--tokens-file", ids, "-n", 0, "--kl-ref", fp32).stdout.decode())
+    assert abs(float(same["mean_kl"])) < 1e-9
+    kl = {}
+    for dt in ("fp16", "bf16", "q8"):
+        kl[dt] = float(parse(run_tool(exported("gated_deltanet_gva", dt), "--tokens-file", ids, "-n", 0,
+                                      "--kl-ref", fp32).stdout.decode())["mean_kl"])
+    # our KL from both models' logits, computed independently here
+    a = tmp_path / "a.f32"
+    b = tmp_path / "b.f32"
+    run_tool(fp32, "--tokens", ",".join(map(str, e["tokens_long"])), "--logits", a)
+    run_tool(exported("gated_deltanet_gva", "q8"), "--tokens", ",".join(map(str, e["tokens_long"])), "--logits", b)
+    p = np.fromfile(a, np.float32).reshape(80, -1)[:-1].astype(np.float64)
+    q = np.fromfile(b, np.float32).reshape(80, -1)[:-1].astype(np.float64)
+    lp = p - np.log(np.exp(p).sum(1, keepdims=True))
+    lq = q - np.log(np.exp(q).sum(1, keepdims=True))
+    want = float((np.exp(lp) * (lp - lq)).sum(1).mean())
+    assert abs(kl["q8"] - want) <= 1e-6 + 1e-4 * want
+    assert 0 < kl["fp16"] < kl["bf16"] < kl["q8"]
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet_hybrid_6_1", "hgrn_conv", "transformer_swa_bias_tied",
+                                  "retnet_gqa", "gla_gqa_conv_clamp", "hgrn2_conv_4heads", "delta_net_gate_4heads"])
+def test_restored_state_continues_exactly_like_the_uninterrupted_run(name, exported, tmp_path):
+    e = load_file(str(FIXTURES / name / "expected.safetensors"))
+    toks = [int(t) for t in e["tokens_long"][:40]]
+    model = exported(name)
+    whole = run_tool(model, "--tokens", ",".join(map(str, toks)), "-n", 12, "-t", 0, "--ids", "--quiet").stdout
+    state = tmp_path / "s.bin"
+    run_tool(model, "--tokens", ",".join(map(str, toks[:25])), "--save-state", state, "-n", 0, "--quiet")
+    cont = run_tool(model, "--load-state", state, "--tokens", ",".join(map(str, toks[25:])), "-n", 12, "-t", 0,
+                    "--ids", "--quiet").stdout
+    assert cont.split() == whole.split()
+    # and with nothing more to feed: the saved logits continue the prompt
+    run_tool(model, "--tokens", ",".join(map(str, toks)), "--save-state", state, "-n", 0, "--quiet")
+    cont = run_tool(model, "--load-state", state, "-n", 12, "-t", 0, "--ids", "--quiet").stdout
+    assert cont.split() == whole.split()
+
+
+def test_state_file_size_constant_for_linear_layers_growing_for_attention(exported, tmp_path):
+    sizes = {}
+    for name in ("gated_deltanet_pure", "transformer"):
+        for n in (10, 30):
+            p = tmp_path / f"{name}{n}.bin"
+            run_tool(exported(name), "--tokens", ",".join(["7"] * n), "--save-state", p, "-n", 0, "--quiet")
+            sizes[name, n] = p.stat().st_size
+    assert sizes["gated_deltanet_pure", 10] == sizes["gated_deltanet_pure", 30]
+    # transformer fixture: 2 layers x (k + v) x 2 kv heads x 16 dims x 4 bytes per token
+    assert sizes["transformer", 30] - sizes["transformer", 10] == 20 * 2 * 2 * 2 * 16 * 4
+
+
+def test_bad_state_files_are_refused(exported, tmp_path):
+    state = tmp_path / "s.bin"
+    run_tool(exported("transformer"), "--tokens", "1,2,3", "--save-state", state, "-n", 0, "--quiet")
+    other = run_tool(exported("hgrn_pure"), "--load-state", state, "-n", 1, "--ids", check=False)
+    assert other.returncode == 1 and b"different model" in other.stderr
+    short = tmp_path / "short.bin"
+    short.write_bytes(state.read_bytes()[:-5])
+    r = run_tool(exported("transformer"), "--load-state", short, "-n", 1, "--ids", check=False)
+    assert r.returncode == 1 and b"truncated" in r.stderr
+
+
+def test_verbose_prints_per_layer_state_norms(exported):
+    r = run_tool(exported("gated_deltanet_hybrid_6_1"), "--tokens", "1,2,3", "-n", 2, "--ids", "--quiet", "--verbose")
+    lines = [l for l in r.stderr.decode().splitlines() if l.startswith("pos")]
+    assert len(lines) == 2 and lines[0].count(" N:") == 20 and lines[0].count(" A:") == 4
+
+
+def test_sampling_is_reproducible_with_a_seed_and_options_change_it(exported):
+    m = exported("transformer")
+    runs = [run_tool(m, "--tokens", "1,2", "-n", 30, "-s", 7, *extra, "--ids", "--quiet").stdout
+            for extra in ([], [], ["-k", "3"], ["--min-p", "0.2"], ["--repeat-penalty", "1.5"], ["-t", "0"])]
+    assert runs[0] == runs[1]
+    assert len({r for r in runs}) >= 4
