@@ -435,7 +435,8 @@ typedef struct {
     LayerState *layers;
     int pos;                // tokens seen so far
     int last_token;         // the last token fed (-1: none)
-    int kv_capacity;        // rows of each attention layer's cache (window or context)
+    int kv_capacity;        // rows of each attention layer's cache: the context, or window + MAX_BATCH
+                            // (a batch writes its keys before its queries read the window)
     int ctx;                // the longest sequence a full-attention model may reach
     // activations for up to MAX_BATCH tokens
     float *x, *xb, *xb2;    // residual stream and normed input, [B][dim]
@@ -463,7 +464,7 @@ static void alloc_run_state(RunState *s, const Model *m, int ctx) {
     memset(s, 0, sizeof *s);
     s->ctx = ctx;
     s->last_token = -1;
-    s->kv_capacity = c->attn_window > 0 && c->attn_window < ctx ? c->attn_window : ctx;
+    s->kv_capacity = c->attn_window > 0 && c->attn_window + MAX_BATCH < ctx ? c->attn_window + MAX_BATCH : ctx;
     size_t B = MAX_BATCH;
     s->proj = max3((size_t)c->dim, (size_t)c->hidden_dim, 0);
     s->proj = max3(s->proj, (size_t)c->lin_q_heads * c->lin_head_k_dim, (size_t)c->lin_v_heads * c->lin_head_v_dim);
@@ -485,7 +486,7 @@ static void alloc_run_state(RunState *s, const Model *m, int ctx) {
             size_t kv_dim = (size_t)c->attn_kv_heads * c->attn_head_dim;
             ls->key_cache = xcalloc((size_t)s->kv_capacity * kv_dim, sizeof(float));
             ls->value_cache = xcalloc((size_t)s->kv_capacity * kv_dim, sizeof(float));
-            s->att = s->att ? s->att : xcalloc((size_t)c->attn_heads * s->kv_capacity, sizeof(float));
+            s->att = s->att ? s->att : xcalloc((size_t)n_threads * s->kv_capacity, sizeof(float)); // per thread
             continue;
         }
         ls->state = xcalloc(linear_state_floats(c, w->kind), sizeof(float));
@@ -817,45 +818,53 @@ static void add_bias(float *x, const float *bias, int T, size_t stride, int n) {
 /* Softmax attention with RoPE, GQA and an optional sliding window (fla's Attention):
      q, k = RoPE(W_q x, p), RoPE(W_k x, p);  v = W_v x;  append k, v to the cache
      o_a = sum_{j in window} softmax_j(q_a . k_j / sqrt(d)) v_j    (query head a uses kv head a / (Hq/Hkv))
-   The window keeps the current token and W-1 before it; the cache is a ring of that size. */
+   The window keeps the current token and W-1 before it. All T keys of a batch go into the
+   cache (a ring) first; then every (token, head) pair attends, spread over the threads. */
+typedef struct { const Model *m; LayerState *ls; RunState *s; int T, pos; } AttentionJob;
+
+static void attention_heads(void *arg, int thread, int nt) {
+    AttentionJob *j = arg;
+    const Config *c = &j->m->c;
+    int hd = c->attn_head_dim, nq = c->attn_heads, group = nq / c->attn_kv_heads, cap = j->s->kv_capacity;
+    size_t qd = (size_t)nq * hd, kvd = (size_t)c->attn_kv_heads * hd;
+    float scale = 1.0f / sqrtf((float)hd), *att = j->s->att + (size_t)thread * cap;
+    for (int task = thread; task < j->T * nq; task += nt) {
+        int t = task / nq, h = task % nq, p = j->pos + t, kvh = h / group;
+        int first = c->attn_window > 0 && p - c->attn_window + 1 > 0 ? p - c->attn_window + 1 : 0;
+        int n = p - first + 1;
+        const float *qh = j->s->q + (size_t)t * qd + (size_t)h * hd;
+        for (int i = 0; i < n; i++)
+            att[i] = dot(qh, j->ls->key_cache + (size_t)((first + i) % cap) * kvd + (size_t)kvh * hd, hd) * scale;
+        softmax(att, n);
+        float *oh = j->s->o + (size_t)t * qd + (size_t)h * hd;
+        memset(oh, 0, hd * sizeof(float));
+        for (int i = 0; i < n; i++) {
+            const float *vi = j->ls->value_cache + (size_t)((first + i) % cap) * kvd + (size_t)kvh * hd;
+            for (int e = 0; e < hd; e++) oh[e] += att[i] * vi[e];
+        }
+    }
+}
+
 static void attention_layer(const Model *m, const LayerWeights *w, LayerState *ls, RunState *s, int T, int pos, float *out) {
     const Config *c = &m->c;
-    int hd = c->attn_head_dim, nq = c->attn_heads, nkv = c->attn_kv_heads, group = nq / nkv;
-    size_t qd = (size_t)nq * hd, kvd = (size_t)nkv * hd, P = s->proj;
+    int hd = c->attn_head_dim, nq = c->attn_heads, nkv = c->attn_kv_heads, cap = s->kv_capacity;
+    size_t qd = (size_t)nq * hd, kvd = (size_t)nkv * hd;
     matmul(s->q, s->xb, &w->q_proj, T);
     matmul(s->k, s->xb, &w->k_proj, T);
     matmul(s->v, s->xb, &w->v_proj, T);
     add_bias(s->q, w->q_bias, T, qd, (int)qd); // matmul rows are packed per token: stride = rows
     add_bias(s->k, w->k_bias, T, kvd, (int)kvd);
     add_bias(s->v, w->v_bias, T, kvd, (int)kvd);
-    float scale = 1.0f / sqrtf((float)hd);
-    int cap = s->kv_capacity;
     for (int t = 0; t < T; t++) {
         int p = pos + t;
-        float *q = s->q + (size_t)t * qd, *k = s->k + (size_t)t * kvd, *v = s->v + (size_t)t * kvd;
-        rope(q, nq, hd, p, m->rope_inv_freq_attn);
-        rope(k, nkv, hd, p, m->rope_inv_freq_attn);
-        memcpy(ls->key_cache + (size_t)(p % cap) * kvd, k, kvd * sizeof(float));
-        memcpy(ls->value_cache + (size_t)(p % cap) * kvd, v, kvd * sizeof(float));
-        int first = p - cap + 1 > 0 ? p - cap + 1 : 0; // oldest position still in the window/cache
-        int n = p - first + 1;
-        float *o = s->o + (size_t)t * qd;
-        for (int h = 0; h < nq; h++) {
-            float *att = s->att + (size_t)h * cap;
-            const float *qh = q + (size_t)h * hd;
-            int kvh = h / group;
-            for (int j = 0; j < n; j++)
-                att[j] = dot(qh, ls->key_cache + (size_t)((first + j) % cap) * kvd + (size_t)kvh * hd, hd) * scale;
-            softmax(att, n);
-            float *oh = o + (size_t)h * hd;
-            memset(oh, 0, hd * sizeof(float));
-            for (int j = 0; j < n; j++) {
-                const float *vj = ls->value_cache + (size_t)((first + j) % cap) * kvd + (size_t)kvh * hd;
-                for (int i = 0; i < hd; i++) oh[i] += att[j] * vj[i];
-            }
-        }
+        rope(s->q + (size_t)t * qd, nq, hd, p, m->rope_inv_freq_attn);
+        rope(s->k + (size_t)t * kvd, nkv, hd, p, m->rope_inv_freq_attn);
+        memcpy(ls->key_cache + (size_t)(p % cap) * kvd, s->k + (size_t)t * kvd, kvd * sizeof(float));
+        memcpy(ls->value_cache + (size_t)(p % cap) * kvd, s->v + (size_t)t * kvd, kvd * sizeof(float));
     }
-    (void)P;
+    AttentionJob job = {m, ls, s, T, pos};
+    if ((long)T * nq * (pos + T) < 4096) attention_heads(&job, 0, 1); // too little to share
+    else run_parallel(attention_heads, &job);
     matmul(out, s->o, &w->o_proj, T);
 }
 
@@ -1764,6 +1773,17 @@ static void write_logits(const Model *m, RunState *s, const int *tokens, int n, 
     free(all);
 }
 
+// peak resident memory of this process in MB (Linux: VmHWM), or -1 where unknown
+static double peak_memory_mb(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0) kb = atof(line + 6);
+    if (f) fclose(f);
+    return kb < 0 ? -1 : kb * 1024.0 / 1e6;
+}
+
 static void generate(const Model *m, RunState *s, const Tokenizer *tok, Sampler *sp, const int *prompt, int n_prompt,
                      int steps, int one_by_one, int print_ids, int quiet) {
     int V = m->c.vocab_size;
@@ -1782,7 +1802,7 @@ static void generate(const Model *m, RunState *s, const Tokenizer *tok, Sampler 
         generated++;
         if (print_ids) printf(i ? " %d" : "%d", next);
         else if (tok && next < tok->vocab_size) decode_stream(tok, prev, next, &ds, stdout);
-        fflush(stdout);
+        if (fflush(stdout) != 0) exit(0); // the reader went away (run | head): stop quietly
         if (tok && next == tok->eos_id && !print_ids) break;
         prev = next;
         if (i + 1 < steps) {
@@ -1794,8 +1814,8 @@ static void generate(const Model *m, RunState *s, const Tokenizer *tok, Sampler 
     if (steps > 0) printf("\n");
     double t2 = now_seconds();
     if (!quiet)
-        fprintf(stderr, "prompt: %d tokens, %.1f tok/s | generated: %d tokens, %.1f tok/s | %d threads\n", n_prompt,
-                n_prompt / (t1 - t0 + 1e-9), generated, generated / (t2 - t1 + 1e-9), n_threads);
+        fprintf(stderr, "prompt: %d tokens, %.1f tok/s | generated: %d tokens, %.1f tok/s | %d threads | peak memory %.1f MB\n",
+                n_prompt, n_prompt / (t1 - t0 + 1e-9), generated, generated / (t2 - t1 + 1e-9), n_threads, peak_memory_mb());
     free(recent);
 }
 

@@ -117,3 +117,16 @@ def test_sampling_is_reproducible_with_a_seed_and_options_change_it(exported):
             for extra in ([], [], ["-k", "3"], ["--min-p", "0.2"], ["--repeat-penalty", "1.5"], ["-t", "0"])]
     assert runs[0] == runs[1]
     assert len({r for r in runs}) >= 4
+
+
+def test_survives_a_closed_pipe(exported):
+    import subprocess
+    from conftest import RUN
+    p = subprocess.run(f"'{RUN}' '{exported('transformer')}' --tokens 1,2 -n 100000 --ids --quiet | head -c 10",
+                       shell=True, capture_output=True, timeout=60)
+    assert p.returncode == 0 and len(p.stdout) == 10 and p.stderr == b""
+
+
+def test_generation_stops_at_a_full_context_with_a_note(exported):
+    r = run_tool(exported("transformer"), "--tokens", "1,2,3", "-n", 50, "--ctx", 10, "--ids")
+    assert len(r.stdout.split()) == 8 and b"context of 10 tokens is full" in r.stderr
