@@ -6,7 +6,7 @@ MODEL ?= models/shakespeare_gdn.bin
 PROMPT ?= ROMEO:
 PYTHON ?= python3
 
-.PHONY: run build test test-deps asan paper-shapes clean
+.PHONY: run build test test-deps asan paper-shapes bench clean
 
 run: build
 	./run $(MODEL) -z tokenizer.bin -i "$(PROMPT)" -n 200 -t 0.8 -p 0.9
@@ -35,5 +35,12 @@ asan: run_asan
 paper-shapes: build test-deps
 	$(PYTHON) tests/paper_shape_check.py
 
+# speed against the memory roofline at the paper's 340M shape (random weights; ~6 GB in bench/models/)
+bench/bandwidth: bench/bandwidth.c
+	$(CC) -O2 -march=native -o $@ bench/bandwidth.c -lpthread
+
+bench: build test-deps bench/bandwidth
+	$(PYTHON) bench/bench.py
+
 clean:
-	rm -f run run_asan
+	rm -f run run_asan bench/bandwidth

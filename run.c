@@ -581,50 +581,69 @@ static float hsum256(__m256 v) {
 }
 #define SIMD_DOT 1
 static float dot_simd(const float *a, const float *b, int n) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     int i = 0;
-    for (; i + 16 <= n; i += 16) {
+    for (; i + 32 <= n; i += 32) {
         acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
         acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+        acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), acc2);
+        acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), acc3);
     }
-    float s = hsum256(_mm256_add_ps(acc0, acc1));
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
     for (; i < n; i++) s += a[i] * b[i];
     return s;
 }
 static float dot_bf16(const uint16_t *w, const float *x, int n) {
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0; // 4 chains hide FMA latency
     int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256i u = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + i))), 16);
-        acc = _mm256_fmadd_ps(_mm256_castsi256_ps(u), _mm256_loadu_ps(x + i), acc);
+#define BF16X8(off) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + i + (off)))), 16))
+    for (; i + 32 <= n; i += 32) {
+        acc0 = _mm256_fmadd_ps(BF16X8(0), _mm256_loadu_ps(x + i), acc0);
+        acc1 = _mm256_fmadd_ps(BF16X8(8), _mm256_loadu_ps(x + i + 8), acc1);
+        acc2 = _mm256_fmadd_ps(BF16X8(16), _mm256_loadu_ps(x + i + 16), acc2);
+        acc3 = _mm256_fmadd_ps(BF16X8(24), _mm256_loadu_ps(x + i + 24), acc3);
     }
-    float s = hsum256(acc);
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(BF16X8(0), _mm256_loadu_ps(x + i), acc0);
+#undef BF16X8
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
     for (; i < n; i++) s += bf16_to_f32(w[i]) * x[i];
     return s;
 }
 #ifdef __F16C__
 #define SIMD_F16 1
 static float dot_f16(const uint16_t *w, const float *x, int n) {
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     int i = 0;
-    for (; i + 8 <= n; i += 8)
-        acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i))), _mm256_loadu_ps(x + i), acc);
-    float s = hsum256(acc);
+#define F16X8(off) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i + (off))))
+    for (; i + 32 <= n; i += 32) {
+        acc0 = _mm256_fmadd_ps(F16X8(0), _mm256_loadu_ps(x + i), acc0);
+        acc1 = _mm256_fmadd_ps(F16X8(8), _mm256_loadu_ps(x + i + 8), acc1);
+        acc2 = _mm256_fmadd_ps(F16X8(16), _mm256_loadu_ps(x + i + 16), acc2);
+        acc3 = _mm256_fmadd_ps(F16X8(24), _mm256_loadu_ps(x + i + 24), acc3);
+    }
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(F16X8(0), _mm256_loadu_ps(x + i), acc0);
+#undef F16X8
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
     for (; i < n; i++) s += f16_to_f32(w[i]) * x[i];
     return s;
 }
 #endif
 static float dot_q8(const int8_t *w, const float *scales, const float *x, int n) { // n % 64 == 0
-    float s = 0.0f;
-    for (int g = 0; g < n; g += Q8_GROUP) {
-        __m256 acc = _mm256_setzero_ps();
-        for (int i = g; i < g + Q8_GROUP; i += 8) {
-            __m256 wv = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w + i))));
-            acc = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i), acc);
+    __m256 total = _mm256_setzero_ps();
+    for (int g = 0; g < n; g += Q8_GROUP) { // a group: 8 independent chains of 8, then its scale
+        __m256 acc[4];
+        for (int k = 0; k < 4; k++) {
+            const int8_t *wk = w + g + 16 * k;
+            __m256 a = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)wk))),
+                                     _mm256_loadu_ps(x + g + 16 * k));
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(wk + 8)))),
+                                     _mm256_loadu_ps(x + g + 16 * k + 8), a);
         }
-        s += hsum256(acc) * scales[g / Q8_GROUP];
+        __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        total = _mm256_fmadd_ps(sum, _mm256_set1_ps(scales[g / Q8_GROUP]), total);
     }
-    return s;
+    return hsum256(total);
 }
 #endif
 
