@@ -1999,6 +1999,19 @@ static void print_info(const Model *m, int ctx) {
         }
     }
     size_t state_bytes = (state_floats + conv_floats) * 4, kv_bytes = kv_per_token * 4;
+    for (int k = 1; k < N_KINDS; k++) { // the shape of one layer's state, per kind present
+        int present = 0;
+        for (int l = 0; l < L; l++) present |= m->kinds[l] == k;
+        if (!present) continue;
+        int heads = k == KIND_GLA ? c->lin_k_heads : k == KIND_DELTA_NET || k == KIND_GATED_DELTANET ? c->lin_v_heads : c->lin_q_heads;
+        if (k == KIND_HGRN) printf("%s state per layer: h [%d] fp32", kind_names[k], c->lin_head_v_dim);
+        else printf("%s state per layer: S [%d heads x %d x %d] fp32", kind_names[k], heads, c->lin_head_k_dim, c->lin_head_v_dim);
+        if (c->flags & FLAG_SHORT_CONV && k != KIND_RETNET) printf(", plus %d-tap short-conv caches", c->conv_size);
+        printf("\n");
+    }
+    if (c->attn_heads && memchr(m->kinds, KIND_ATTENTION, (size_t)L))
+        printf("attention per layer: K and V [tokens x %d kv heads x %d] fp32%s\n", c->attn_kv_heads, c->attn_head_dim,
+               c->attn_window ? ", sliding window" : "");
     printf("recurrent state: %zu bytes (+ %zu bytes of conv caches), constant in the context length\n",
            state_floats * 4, conv_floats * 4);
     printf("kv cache: %zu bytes per token%s\n", kv_bytes,

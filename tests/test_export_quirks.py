@@ -110,3 +110,16 @@ def test_info_reports_layers_params_state_and_kv(exported):
     # 20 GDN layers x 2 heads x 16 x 16 fp32 state; 4 attention layers x 2 (k, v) x 1 kv head x 16 x 4 bytes
     assert f"recurrent state: {20 * 2 * 16 * 16 * 4} bytes" in out
     assert f"kv cache: {4 * 2 * 16 * 4} bytes per token" in out
+
+
+def test_info_shows_state_shapes_per_kind(exported):
+    out = run_tool(exported("gated_deltanet_gva"), "--info").stdout.decode()
+    assert "gated_deltanet state per layer: S [4 heads x 16 x 32] fp32, plus 4-tap short-conv caches" in out
+    out = run_tool(exported("transformer"), "--info").stdout.decode()
+    assert "attention per layer: K and V [tokens x 2 kv heads x 16] fp32" in out
+    assert "pure Transformer, same size" in out
+
+
+def test_export_check_loads_the_written_file(tmp_path):
+    r = export(FIXTURES / "hgrn_pure", tmp_path / "o.bin", "--check")
+    assert "--check:" in r.stderr and "loads" in r.stderr
