@@ -2,6 +2,11 @@
 CC ?= gcc
 CFLAGS ?= -O3 -march=native -Wall -Wextra
 LDLIBS = -lm -lpthread
+# make BLAS=1 ...: prompt batches through OpenBLAS sgemm (apt-get install libopenblas-dev)
+ifeq ($(BLAS),1)
+CFLAGS += -DUSE_OPENBLAS -I/usr/include/x86_64-linux-gnu
+LDLIBS += -lopenblas
+endif
 MODEL ?= models/shakespeare_gdn.bin
 PROMPT ?= ROMEO:
 PYTHON ?= python3

@@ -756,8 +756,39 @@ static void matmul_rows(void *arg, int thread, int nt) {
     free(row);
 }
 
+#ifdef USE_OPENBLAS
+/* With OpenBLAS (make BLAS=1), a prompt batch is one sgemm: out[T][rows] = x[T][cols] W^T.
+   Weights in another dtype are converted to fp32 a block of rows at a time first. */
+#include <cblas.h>
+#undef I // complex.h, pulled in by cblas.h, defines I
+static void matmul_blas(float *out, const float *x, const Matrix *w, int T) {
+    if (w->dtype == DTYPE_F32) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, w->rows, w->cols, 1.0f, x, w->cols,
+                    (const float *)w->data, w->cols, 0.0f, out, w->rows);
+        return;
+    }
+    enum { BLOCK_ROWS = 256 };
+    static float *block = NULL;
+    static size_t block_floats = 0;
+    if (block_floats < (size_t)BLOCK_ROWS * w->cols) {
+        free(block);
+        block_floats = (size_t)BLOCK_ROWS * w->cols;
+        block = xcalloc(block_floats, sizeof(float));
+    }
+    for (int r0 = 0; r0 < w->rows; r0 += BLOCK_ROWS) {
+        int n = w->rows - r0 < BLOCK_ROWS ? w->rows - r0 : BLOCK_ROWS;
+        for (int r = 0; r < n; r++) matrix_row(w, r0 + r, block + (size_t)r * w->cols);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, w->cols, 1.0f, x, w->cols, block, w->cols, 0.0f,
+                    out + r0, w->rows);
+    }
+}
+#endif
+
 static void matmul(float *out, const float *x, const Matrix *w, int T) {
     MatmulJob j = {out, x, w, T};
+#ifdef USE_OPENBLAS
+    if (T > 1) { matmul_blas(out, x, w, T); return; }
+#endif
     if ((size_t)w->rows * w->cols * T < (1u << 15)) matmul_rows(&j, 0, 1); // too small to share
     else run_parallel(matmul_rows, &j);
 }
@@ -2201,6 +2232,9 @@ int main(int argc, char **argv) {
     }
 
     if (!model_path) usage();
+#ifdef USE_OPENBLAS
+    openblas_set_num_threads(n_threads);
+#endif
     Model m;
     load_model(&m, model_path);
     if (info) { print_info(&m, ctx); return 0; }

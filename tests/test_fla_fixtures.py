@@ -89,4 +89,5 @@ def test_batched_prompt_equals_one_by_one_within_rounding(name, exported, tmp_pa
     e = expected(name)
     a = our_logits(exported(name), e["tokens_long"], tmp_path)
     b = our_logits(exported(name), e["tokens_long"], tmp_path, "--one-by-one")
-    assert float(np.abs(a - b).max()) <= 1e-5
+    # fp32 rounding of a different summation order (e.g. OpenBLAS), amplified by 24 random layers
+    assert float(np.abs(a - b).max()) <= (1e-5 if tolerance(name) == TOL else tolerance(name))
