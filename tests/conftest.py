@@ -26,6 +26,20 @@ def export(*args, check=True):
     return r
 
 
+def assert_clean_error(r, mention=None):
+    """Failed cleanly: an exit code > 0 (not a signal), exactly one `error:` line on stderr and
+    it is the last line (export.py may print what it found first), no traceback, no sanitizer
+    report; `mention` (e.g. the file's name) appears in it."""
+    err = r.stderr.decode(errors="replace") if isinstance(r.stderr, bytes) else r.stderr
+    assert r.returncode > 0, (r.returncode, err)
+    lines = [l for l in err.splitlines() if l.strip()]
+    errors = [l for l in lines if l.startswith("error")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and errors[0].startswith("error: "), err
+    assert "Traceback" not in err and "Sanitizer" not in err
+    if mention is not None:
+        assert str(mention) in errors[0], errors[0]
+
+
 def fixture_names():
     return sorted(p.name for p in FIXTURES.iterdir() if (p / "expected.safetensors").exists())
 

@@ -8,21 +8,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import FIXTURES, export, run_tool
+from conftest import FIXTURES, assert_clean_error, export, run_tool
 
 GOOD = "gated_deltanet_hybrid_6_1"
-
-
-def assert_clean_error(r, mention=None):
-    err = r.stderr.decode(errors="replace") if isinstance(r.stderr, bytes) else r.stderr
-    assert r.returncode > 0, (r.returncode, err)          # an exit code, not a signal
-    lines = [l for l in err.splitlines() if l.strip()]
-    errors = [l for l in lines if l.startswith("error")]
-    assert len(errors) == 1 and lines[-1] == errors[0] and errors[0].startswith("error: "), err
-    lines = errors
-    assert "Traceback" not in err
-    if mention:
-        assert mention in lines[0], lines[0]
 
 
 # ---- the weight file ---------------------------------------------------------

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import assert_clean_error
+
 TESTS_DIR = Path(__file__).resolve().parent
 REPO = TESTS_DIR.parent
 RUN = os.environ.get("HLA_RUN", str(REPO / "run"))
@@ -75,17 +77,6 @@ def detokenize(tok_bin, ids):
     r = run_cmd(["--detokenize", "-z", tok_bin] + [str(i) for i in ids])
     assert r.returncode == 0, r.stderr.decode(errors="replace")
     return r.stdout
-
-
-def assert_one_error_line(r, name=None):
-    """failed cleanly: exit code > 0 (not a signal), one 'error:' line on stderr"""
-    err = r.stderr.decode(errors="replace")
-    assert r.returncode > 0, f"exit {r.returncode}, stderr {err!r}"
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert "Traceback" not in err and "Sanitizer" not in err
-    if name is not None:
-        assert str(name) in lines[0], lines[0]
 
 
 @pytest.fixture(scope="session")
@@ -389,7 +380,7 @@ BAD_CASES = ["missing", "directory", "empty", "truncated_in_magic", "truncated_i
 def test_bad_tokenizer_bin_fails_with_one_error_line(bad_files, case):
     f = bad_files[case]
     r = run_cmd(["--tokenize", "-z", f, "-i", "hello world"])
-    assert_one_error_line(r, f)
+    assert_clean_error(r, f)
     assert r.stdout == b""
 
 
@@ -434,7 +425,7 @@ def test_export_bad_tokenizer_json_fails_with_one_error_line(tmp_path, case):
     out = tmp_path / "tokenizer.bin"
     r = subprocess.run(["python3", EXPORT, "--tokenizer", str(src), str(out)],
                        capture_output=True, timeout=120)
-    assert_one_error_line(r, src)
+    assert_clean_error(r, src)
     assert not out.exists() and not Path(str(out) + ".tmp").exists()
 
 
