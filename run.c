@@ -255,6 +255,15 @@ static void load_model(Model *m, const char *path) {
         if (m->kinds[l] >= N_KINDS) fatal("%s: layer %d has unknown kind %d", path, l, m->kinds[l]);
         if (m->kinds[l] == KIND_ATTENTION) has_attn = 1; else has_linear = 1;
     }
+    // fields of a layer kind the model does not have are not used: zero them, so that no
+    // size computed from them (buffer sizes below) can come from garbage
+    if (!has_attn) c->attn_heads = c->attn_kv_heads = c->attn_head_dim = c->attn_window = c->attn_qkv_bias = 0;
+    if (!has_linear) {
+        c->lin_q_heads = c->lin_k_heads = c->lin_v_heads = c->lin_head_k_dim = c->lin_head_v_dim = 0;
+        c->flags = c->conv_size = c->feature_map = c->gate_low_rank = 0;
+    }
+    if (!(c->flags & FLAG_SHORT_CONV)) c->conv_size = 0;
+    if (!memchr(m->kinds, KIND_GLA, (size_t)c->n_layers)) c->gate_low_rank = 0;
     if (has_attn) {
         checked_dim(path, "attn_heads", c->attn_heads, 1, 4096);
         checked_dim(path, "attn_kv_heads", c->attn_kv_heads, 1, c->attn_heads);
@@ -1393,7 +1402,8 @@ void tokenizer_load(Tokenizer *t, const char *path) {
             if (t->byte_id[p[0]] >= 0) fatal("%s: byte 0x%02X has two tokens", path, p[0]);
             t->byte_id[p[0]] = (int)i;
         }
-        if (kind == TOK_SPECIAL) {
+        if (kind == TOK_SPECIAL) { // >= 2 bytes keeps max_ids = text_bytes + 3 a true bound
+            if (len < 2) fatal("%s: special token %u must be at least 2 bytes long", path, i);
             t->special_ids[t->n_special++] = (int)i;
             t->special_first[p[0]] = 1;
         }
