@@ -1872,6 +1872,7 @@ static void generate(const Model *m, RunState *s, const Tokenizer *tok, Sampler 
     }
     if (!print_ids) decode_flush(&ds, stdout);
     if (steps > 0) printf("\n");
+    fflush(stdout);
     double t2 = now_seconds();
     if (!quiet)
         fprintf(stderr, "prompt: %d tokens, %.1f tok/s | generated: %d tokens, %.1f tok/s | %d threads | peak memory %.1f MB\n",
