@@ -13,7 +13,7 @@ MODEL ?= models/tiny_gdn_hybrid_6_1.bin
 PROMPT_TOKENS ?= 1,17,42,99
 PYTHON ?= python3
 
-.PHONY: run build test test-deps asan paper-shapes bench clean
+.PHONY: run build test test-deps asan paper-shapes bench fuzz clean
 
 run: build
 	./run $(MODEL) --info
@@ -49,6 +49,11 @@ bench/bandwidth: bench/bandwidth.c
 
 bench: build test-deps bench/bandwidth
 	$(PYTHON) bench/bench.py
+
+# libFuzzer harnesses (clang): each runs FUZZ_SECONDS; results in tests/FUZZING.md
+FUZZ_SECONDS ?= 60
+fuzz:
+	tests/fuzz/run_fuzz.sh $(FUZZ_SECONDS)
 
 clean:
 	rm -f run run_asan bench/bandwidth
