@@ -196,7 +196,7 @@ def parse_attn_spec(cfg, n_layers, where):
                 "attn.rope_theta", theta, "must be positive")
         bias = s.get("qkv_bias", False)
         require(isinstance(bias, bool), where, "attn.qkv_bias", bias, "must be a bool")
-        require(not s.get("qk_norm", False) or True, where, "attn.qk_norm", None, "")  # fla ignores it in hybrids
+        # an `attn.qk_norm` key is ignored: fla's hybrid blocks never pass it to Attention
         this = dict(heads=heads, kv_heads=kv, window=window or 0, theta=float(theta), bias=bias)
         if settings is not None and this != settings:
             fail(where, "config key attn: specs with different settings per layer are not supported")

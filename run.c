@@ -174,12 +174,10 @@ static const TensorEntry *find_tensor(const Model *m, const char *name) {
 static const TensorEntry *get_tensor(const Model *m, const char *name, int ndim, uint64_t d0, uint64_t d1) {
     const TensorEntry *t = find_tensor(m, name);
     if (!t) fatal("%s: missing tensor %s", m->path, name);
-    uint64_t n = t->ndim == 1 ? t->shape[0] : t->shape[0] * t->shape[1];
     if ((int)t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1))
         fatal("%s: tensor %s has shape [%llu x %llu], expected [%llu x %llu]", m->path, name,
               (unsigned long long)t->shape[0], (unsigned long long)(t->ndim > 1 ? t->shape[1] : 1),
               (unsigned long long)d0, (unsigned long long)(ndim > 1 ? d1 : 1));
-    (void)n;
     return t;
 }
 
