@@ -7,17 +7,15 @@ ifeq ($(BLAS),1)
 CFLAGS += -DUSE_OPENBLAS -I/usr/include/x86_64-linux-gnu
 LDLIBS += -lopenblas
 endif
-# the default model: until the Shakespeare demo model lands, a tiny random-weight fla
-# GatedDeltaNet 6:1 hybrid from the test fixtures (vocab 128, so it prints token ids)
-MODEL ?= models/tiny_gdn_hybrid_6_1.bin
-PROMPT_TOKENS ?= 1,17,42,99
+# the default model: a 12-layer GatedDeltaNet hybrid trained with fla on Shakespeare (models/MODEL_CARD.md)
+MODEL ?= models/shakespeare_gdn.bin
+PROMPT ?= ROMEO:
 PYTHON ?= python3
 
 .PHONY: run build test test-deps asan paper-shapes bench fuzz clean
 
 run: build
-	./run $(MODEL) --info
-	./run $(MODEL) --tokens $(PROMPT_TOKENS) -n 64 -t 0.8 -p 0.9 -s 42
+	./run $(MODEL) -z tokenizer.bin -i "$(PROMPT)" -n 200 -t 0.8 -p 0.9
 
 # the binary only, without running it
 build: run.c

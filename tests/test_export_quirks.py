@@ -124,10 +124,3 @@ def test_export_check_loads_the_written_file(tmp_path):
     r = export(FIXTURES / "hgrn_pure", tmp_path / "o.bin", "--check")
     assert "--check:" in r.stderr and "loads" in r.stderr
 
-
-def test_shipped_default_model_is_the_current_export_of_its_fixture(tmp_path):
-    # make run uses models/tiny_gdn_hybrid_6_1.bin: it must stay in step with export.py and run.c
-    from conftest import REPO
-    out = tmp_path / "d.bin"
-    export(FIXTURES / "gated_deltanet_hybrid_6_1", out)
-    assert out.read_bytes() == (REPO / "models" / "tiny_gdn_hybrid_6_1.bin").read_bytes()
