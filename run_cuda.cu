@@ -137,81 +137,98 @@ enum { OUT_STORE, OUT_ADD, OUT_GLU };
 struct GemvJob { Matrix w; float *out; int mode; };
 struct GemvJobs { GemvJob job[MAX_GEMV_JOBS]; int n, first_row[MAX_GEMV_JOBS + 1]; };
 
-template <int DTYPE> __device__ static float dot_row_vec(const Matrix &w, int r, const float *x, int lane) {
-    size_t base = (size_t)r * w.cols;
+// 16 bytes of a row (4, 8 or 16 weights of the dtype) times the matching x
+template <int DTYPE> __device__ static float chunk_dot(int4 v, const float *x) {
     float s = 0.0f;
     if (DTYPE == DTYPE_F32) {
-        const float4 *row = (const float4 *)((const float *)w.data + base);
-        for (int c = lane; c < w.cols / 4; c += 32) {
-            float4 v = __ldg(row + c);
-            const float *xc = x + 4 * c;
-            s += v.x * xc[0] + v.y * xc[1] + v.z * xc[2] + v.w * xc[3];
-        }
+        const float *f = (const float *)&v;
+#pragma unroll
+        for (int i = 0; i < 4; i++) s += f[i] * x[i];
     } else if (DTYPE == DTYPE_Q8) {
-        const int4 *row = (const int4 *)((const int8_t *)w.data + base);
-        for (int c = lane; c < w.cols / 16; c += 32) {
-            int4 v = __ldg(row + c);
-            const int8_t *b = (const int8_t *)&v;
-            const float *xc = x + 16 * c;
-            float part = 0.0f;
+        const int8_t *b = (const int8_t *)&v;
 #pragma unroll
-            for (int i = 0; i < 16; i++) part += (float)b[i] * xc[i];
-            s += part * w.scales[(base + 16 * c) / Q8_GROUP];
-        }
-    } else { // fp16 or bf16: 8 weights per 16 bytes
-        const int4 *row = (const int4 *)((const uint16_t *)w.data + base);
-        for (int c = lane; c < w.cols / 8; c += 32) {
-            int4 v = __ldg(row + c);
-            const float *xc = x + 8 * c;
-            if (DTYPE == DTYPE_BF16) {
-                const __nv_bfloat162 *h = (const __nv_bfloat162 *)&v;
+        for (int i = 0; i < 16; i++) s += (float)b[i] * x[i];
+    } else if (DTYPE == DTYPE_BF16) {
+        const __nv_bfloat162 *h = (const __nv_bfloat162 *)&v;
 #pragma unroll
-                for (int i = 0; i < 4; i++) { float2 f = __bfloat1622float2(h[i]); s += f.x * xc[2 * i] + f.y * xc[2 * i + 1]; }
-            } else {
-                const __half2 *h = (const __half2 *)&v;
+        for (int i = 0; i < 4; i++) { float2 f = __bfloat1622float2(h[i]); s += f.x * x[2 * i] + f.y * x[2 * i + 1]; }
+    } else {
+        const __half2 *h = (const __half2 *)&v;
 #pragma unroll
-                for (int i = 0; i < 4; i++) { float2 f = __half22float2(h[i]); s += f.x * xc[2 * i] + f.y * xc[2 * i + 1]; }
-            }
-        }
+        for (int i = 0; i < 4; i++) { float2 f = __half22float2(h[i]); s += f.x * x[2 * i] + f.y * x[2 * i + 1]; }
     }
     return s;
 }
 
-__device__ static float dot_row(const Matrix &w, int r, const float *x, int lane) {
-    // 16-byte loads need 16-byte aligned rows; other shapes take the plain loop
-    size_t row_bytes = (size_t)w.cols * (w.dtype == DTYPE_F32 ? 4 : w.dtype == DTYPE_Q8 ? 1 : 2);
-    float s = 0.0f;
-    if (row_bytes % 16 == 0 && ((uintptr_t)w.data & 15) == 0) {
-        switch (w.dtype) {
-        case DTYPE_F32: s = dot_row_vec<DTYPE_F32>(w, r, x, lane); break;
-        case DTYPE_F16: s = dot_row_vec<DTYPE_F16>(w, r, x, lane); break;
-        case DTYPE_BF16: s = dot_row_vec<DTYPE_BF16>(w, r, x, lane); break;
-        default: s = dot_row_vec<DTYPE_Q8>(w, r, x, lane); break;
-        }
-    } else {
-        for (int j = lane; j < w.cols; j += 32) s += weight_at(w, (size_t)r * w.cols + j) * x[j];
+/* One warp streams one row (two with GLU) in 16-byte chunks, GEMV_UNROLL chunks per lane in
+   flight: the first ones are requested before the prologue, so the weights are on their way
+   while x is normalised; each later batch is requested before the previous one is used. */
+#define GEMV_WARPS 8
+#define GEMV_UNROLL 4
+template <int DTYPE> struct RowStream {
+    static constexpr int PER_CHUNK = DTYPE == DTYPE_F32 ? 4 : DTYPE == DTYPE_Q8 ? 16 : 8;
+    const int4 *row;
+    const float *scales; // q8: this row's scales
+    int n_chunks, lane;  // n_chunks 0: the row is not whole 16-byte chunks (the plain loop)
+    int4 next[GEMV_UNROLL];
+    __device__ RowStream(const Matrix &w, int r, int lane_) : lane(lane_) {
+        size_t esize = DTYPE == DTYPE_F32 ? 4 : DTYPE == DTYPE_Q8 ? 1 : 2, bytes = (size_t)w.cols * esize;
+        row = (const int4 *)((const uint8_t *)w.data + (size_t)r * bytes);
+        scales = DTYPE == DTYPE_Q8 ? w.scales + (size_t)r * w.cols / Q8_GROUP : nullptr;
+        n_chunks = bytes % 16 == 0 ? (int)(bytes / 16) : 0;
     }
-    return warp_sum(s);
+    __device__ void fetch(int base) {
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++) {
+            int c = base + lane + 32 * u;
+            if (c < n_chunks) next[u] = __ldg(row + c);
+        }
+    }
+    __device__ float dot(const float *x) { // after fetch(0)
+        float s = 0.0f;
+        for (int base = 0; base < n_chunks; base += 32 * GEMV_UNROLL) {
+            int4 cur[GEMV_UNROLL];
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++) cur[u] = next[u];
+            fetch(base + 32 * GEMV_UNROLL);
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++) {
+                int c = base + lane + 32 * u;
+                if (c < n_chunks) {
+                    float part = chunk_dot<DTYPE>(cur[u], x + (size_t)c * PER_CHUNK);
+                    s += DTYPE == DTYPE_Q8 ? part * scales[c * PER_CHUNK / Q8_GROUP] : part;
+                }
+            }
+        }
+        return s;
+    }
+};
+
+// the plain loop, for rows that are not a whole number of 16-byte chunks
+__device__ static float dot_row_plain(const Matrix &w, int r, const float *x, int lane) {
+    float s = 0.0f;
+    for (int j = lane; j < w.cols; j += 32) s += weight_at(w, (size_t)r * w.cols + j) * x[j];
+    return s;
 }
 
-#define GEMV_WARPS 8
-#define GEMV_ROWS_PER_WARP 4
-__global__ void gemv_kernel(GemvJobs jobs, const float *x, Prologue p, int cols) {
+template <int DTYPE> __global__ void gemv_kernel(GemvJobs jobs, const float *x, Prologue p, int cols) {
     extern __shared__ float xs[];
+    int lane = threadIdx.x & 31, row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    int j = 0;
+    while (j < jobs.n && row >= jobs.first_row[j + 1]) j++;
+    bool active = j < jobs.n;
+    const GemvJob &job = jobs.job[active ? j : 0];
+    int r = active ? row - jobs.first_row[j] : 0;
+    bool glu = active && job.mode == OUT_GLU;
+    RowStream<DTYPE> a(job.w, r, lane), b(glu ? jobs.job[j + 1].w : job.w, r, lane);
+    if (active) a.fetch(0);
+    if (glu) b.fetch(0);
     prologue_row(xs, x, p.gate, p, cols);
     __syncthreads();
-    int lane = threadIdx.x & 31;
-    for (int i = 0; i < GEMV_ROWS_PER_WARP; i++) {
-        int row = (blockIdx.x * GEMV_ROWS_PER_WARP + i) * GEMV_WARPS + (threadIdx.x >> 5);
-        int j = 0;
-        while (j < jobs.n && row >= jobs.first_row[j + 1]) j++;
-        if (j == jobs.n) return;
-        const GemvJob &job = jobs.job[j];
-        int r = row - jobs.first_row[j];
-        float y = dot_row(job.w, r, xs, lane);
-        if (job.mode == OUT_GLU) y = silu(y) * dot_row(jobs.job[j + 1].w, r, xs, lane);
-        if (lane == 0) job.out[r] = job.mode == OUT_ADD ? job.out[r] + y : y;
-    }
+    if (!active) return;
+    float y = warp_sum(a.n_chunks ? a.dot(xs) : dot_row_plain(job.w, r, xs, lane));
+    if (glu) y = silu(y) * warp_sum(b.n_chunks ? b.dot(xs) : dot_row_plain(jobs.job[j + 1].w, r, xs, lane));
+    if (lane == 0) job.out[r] = job.mode == OUT_ADD ? job.out[r] + y : y;
 }
 
 // the prompt path's elementwise pieces
@@ -239,20 +256,28 @@ __global__ void embed_kernel(float *x, Matrix E, const int *tokens) {
     for (int d = threadIdx.x; d < E.cols; d += blockDim.x) x[(size_t)t * E.cols + d] = weight_at(E, (size_t)tokens[t] * E.cols + d);
 }
 
-/* Short causal depthwise convolution (run.c's short_conv), one thread per channel walking
-   the T tokens: y_t[c] = sum_j w[c][j] x_{t-(K-1)+j}[c], in place, cache = last K-1 inputs. */
-__global__ void short_conv_kernel(float *x, int T, size_t stride, int channels, float *cache, const float *w, int K, int use_silu) {
+/* Short causal depthwise convolution (run.c's short_conv), every (token, channel) at once:
+     y_t[c] = sum_{j=0}^{K-1} w[c][j] x_{t-(K-1)+j}[c]   (inputs before the first token come from the cache)
+   written out of place, then the cache takes the last K-1 inputs and y goes back into x. */
+__global__ void short_conv_kernel(float *y, const float *x, int T, int channels, const float *cache, const float *w, int K, int use_silu) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= (size_t)T * channels) return;
+    int t = (int)(i / channels), c = (int)(i % channels);
+    float sum = 0.0f;
+    for (int j = 0; j < K; j++) {
+        int src = t - (K - 1) + j; // token index; < 0: the cache's slot K-1+src
+        float xv = src >= 0 ? x[(size_t)src * channels + c] : cache[(size_t)c * (K - 1) + (K - 1) + src];
+        sum += w[(size_t)c * K + j] * xv;
+    }
+    y[i] = use_silu ? silu(sum) : sum;
+}
+__global__ void conv_cache_kernel(float *cache, const float *x, int T, int channels, int K) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= channels) return;
-    float hist[8]; // K <= 9 (checked at init)
-    for (int j = 0; j < K - 1; j++) hist[j] = cache[(size_t)c * (K - 1) + j];
-    const float *wc = w + (size_t)c * K;
-    for (int t = 0; t < T; t++) {
-        float xt = x[(size_t)t * stride + c], y = wc[K - 1] * xt;
-        for (int j = 0; j < K - 1; j++) y += wc[j] * hist[j];
-        for (int j = 0; j + 1 < K - 1; j++) hist[j] = hist[j + 1];
-        if (K > 1) hist[K - 2] = xt;
-        x[(size_t)t * stride + c] = use_silu ? silu(y) : y;
+    if (c >= channels || K < 2) return;
+    float hist[8]; // K <= 9 (checked at init): the last K-1 inputs of old cache ++ x
+    for (int j = 0; j < K - 1; j++) {
+        int src = T - (K - 1) + j;
+        hist[j] = src >= 0 ? x[(size_t)src * channels + c] : cache[(size_t)c * (K - 1) + (K - 1) + src];
     }
     for (int j = 0; j < K - 1; j++) cache[(size_t)c * (K - 1) + j] = hist[j];
 }
@@ -277,6 +302,7 @@ struct Gpu {
     float **state, **conv_cache[3], **key_cache, **value_cache; // per layer
     int kv_capacity, max_batch, pos;
     float *x, *xb, *q, *k, *v, *g, *f, *a, *b, *o, *low_rank, *hb, *hb2, *logits;
+    float *att;                      // attention's per-split partial results
     size_t proj;                     // row length of q/k/v/g/f/a/o
     void *x16, *w16;                 // a GEMM's input in 16-bit, a q8 matrix widened to bf16
     size_t x16_elems, w16_elems;
@@ -311,26 +337,43 @@ static float *zeros(size_t n) {
     return d;
 }
 
+static void short_conv(Gpu *gp, float *x, int T, int channels, float *cache, const float *w, int K, int use_silu) {
+    size_t n = (size_t)T * channels;
+    short_conv_kernel<<<(unsigned)((n + 255) / 256), 256, 0, gp->stream>>>(gp->xb, x, T, channels, cache, w, K, use_silu);
+    conv_cache_kernel<<<(channels + 127) / 128, 128, 0, gp->stream>>>(cache, x, T, channels, K);
+    LAUNCH_CHECK();
+    CUDA_CHECK(cudaMemcpyAsync(x, gp->xb, n * sizeof(float), cudaMemcpyDeviceToDevice, gp->stream));
+}
+
 /* Matrix products of T tokens' inputs x [T][cols] (after the prologue) with several
    matrices: one GEMV launch for T == 1, cuBLAS GEMMs otherwise. */
 static void matmul(Gpu *gp, const float *x, int cols, Prologue p, int T, GemvJob *jobs, int n_jobs) {
-    if (T == 1) {
-        GemvJobs js = {};
-        js.n = n_jobs;
-        int rows = 0;
-        for (int j = 0; j < n_jobs; j++) {
-            js.job[j] = jobs[j];
-            js.first_row[j] = rows;
-            rows += jobs[j].w.rows;
-            if (jobs[j].mode == OUT_GLU) { // its pair (the up projection) adds no rows
-                js.job[j + 1] = jobs[j + 1];
-                js.first_row[j + 1] = rows;
-                j++;
+    if (T == 1) { // one launch per weight dtype among the jobs (normally all share one)
+        for (int dt = 0; dt < N_DTYPES; dt++) {
+            GemvJobs js = {};
+            int rows = 0;
+            for (int j = 0; j < n_jobs; j++) {
+                int pair = jobs[j].mode == OUT_GLU; // the up projection follows its gate and adds no rows
+                if (jobs[j].w.dtype == dt) {
+                    js.first_row[js.n] = rows;
+                    js.job[js.n++] = jobs[j];
+                    rows += jobs[j].w.rows;
+                    if (pair) { js.first_row[js.n] = rows; js.job[js.n++] = jobs[j + 1]; }
+                }
+                j += pair;
             }
+            if (!js.n) continue;
+            js.first_row[js.n] = rows;
+            dim3 grid((rows + GEMV_WARPS - 1) / GEMV_WARPS), block(GEMV_WARPS * 32);
+            size_t smem = cols * sizeof(float);
+            switch (dt) {
+            case DTYPE_F32: gemv_kernel<DTYPE_F32><<<grid, block, smem, gp->stream>>>(js, x, p, cols); break;
+            case DTYPE_F16: gemv_kernel<DTYPE_F16><<<grid, block, smem, gp->stream>>>(js, x, p, cols); break;
+            case DTYPE_BF16: gemv_kernel<DTYPE_BF16><<<grid, block, smem, gp->stream>>>(js, x, p, cols); break;
+            default: gemv_kernel<DTYPE_Q8><<<grid, block, smem, gp->stream>>>(js, x, p, cols); break;
+            }
+            LAUNCH_CHECK();
         }
-        js.first_row[n_jobs] = rows;
-        gemv_kernel<<<(rows + GEMV_WARPS * GEMV_ROWS_PER_WARP - 1) / (GEMV_WARPS * GEMV_ROWS_PER_WARP), GEMV_WARPS * 32, cols * sizeof(float), gp->stream>>>(js, x, p, cols);
-        LAUNCH_CHECK();
         return;
     }
     const float *in = x;
@@ -411,43 +454,76 @@ __global__ void attention_prep_kernel(float *q, float *k, float *v, const float 
 }
 
 #define ATT_WARPS 8
+#define ATT_SPLITS 16    // key ranges per (token, head) for one decoded token, combined after
 #define MAX_HEAD_DIM 256
-__global__ void attention_kernel(float *o, const float *q, const float *key_cache, const float *value_cache, const int *pos,
+#define HPL (MAX_HEAD_DIM / 32)
+/* Block (t, h, split) takes its share of the keys; its warps take every ATT_WARPS-th key,
+   two at a time, with an online softmax (running max m, sum l, weighted values acc); the
+   block's result (m, l, acc) goes to `partial` and attention_combine_kernel merges the splits. */
+__global__ void attention_kernel(float *partial, const float *q, const float *key_cache, const float *value_cache, const int *pos,
                                  int nq, int nkv, int hd, int window, int cap) {
-    int t = blockIdx.x, h = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int t = blockIdx.x, h = blockIdx.y, split = blockIdx.z, n_splits = gridDim.z, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int p = *pos + t, first = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0, kvh = h / (nq / nkv);
+    int chunk = (p - first + n_splits) / n_splits, lo = first + split * chunk, hi = min(p + 1, lo + chunk);
     size_t kvd = (size_t)nkv * hd;
     float scale = 1.0f / sqrtf((float)hd);
     const float *qh = q + (size_t)t * nq * hd + (size_t)h * hd;
-    float qr[MAX_HEAD_DIM / 32], acc[MAX_HEAD_DIM / 32];
+    float qr[HPL], acc[HPL];
 #pragma unroll
-    for (int i = 0; i < MAX_HEAD_DIM / 32; i++) { int d = lane + 32 * i; qr[i] = d < hd ? qh[d] : 0.0f; acc[i] = 0.0f; }
+    for (int i = 0; i < HPL; i++) { int d = lane + 32 * i; qr[i] = d < hd ? qh[d] * scale : 0.0f; acc[i] = 0.0f; }
     float m = -INFINITY, l = 0.0f;
-    for (int j = first + warp; j <= p; j += ATT_WARPS) {
-        const float *kj = key_cache + (size_t)(j % cap) * kvd + (size_t)kvh * hd, *vj = value_cache + (size_t)(j % cap) * kvd + (size_t)kvh * hd;
-        float s = 0.0f;
+    for (int j0 = lo + warp; j0 < hi; j0 += 2 * ATT_WARPS) {
+        int j1 = j0 + ATT_WARPS, has1 = j1 < hi;
+        const float *k0 = key_cache + (size_t)(j0 % cap) * kvd + (size_t)kvh * hd, *k1 = key_cache + (size_t)((has1 ? j1 : j0) % cap) * kvd + (size_t)kvh * hd;
+        float s0 = 0.0f, s1 = 0.0f;
 #pragma unroll
-        for (int i = 0; i < MAX_HEAD_DIM / 32; i++) { int d = lane + 32 * i; if (d < hd) s += qr[i] * kj[d]; }
-        s = warp_sum(s) * scale;
-        float m_new = fmaxf(m, s), c = expf(m - m_new), e = expf(s - m_new);
-        l = l * c + e;
+        for (int i = 0; i < HPL; i++) { int d = lane + 32 * i; if (d < hd) { s0 += qr[i] * k0[d]; s1 += qr[i] * k1[d]; } }
+        for (int o = 16; o > 0; o >>= 1) { s0 += __shfl_xor_sync(0xffffffffu, s0, o); s1 += __shfl_xor_sync(0xffffffffu, s1, o); }
+        float m_new = fmaxf(m, has1 ? fmaxf(s0, s1) : s0), c = expf(m - m_new), e0 = expf(s0 - m_new), e1 = has1 ? expf(s1 - m_new) : 0.0f;
+        l = l * c + e0 + e1;
+        const float *v0 = value_cache + (size_t)(j0 % cap) * kvd + (size_t)kvh * hd, *v1 = value_cache + (size_t)((has1 ? j1 : j0) % cap) * kvd + (size_t)kvh * hd;
 #pragma unroll
-        for (int i = 0; i < MAX_HEAD_DIM / 32; i++) { int d = lane + 32 * i; acc[i] = acc[i] * c + (d < hd ? e * vj[d] : 0.0f); }
+        for (int i = 0; i < HPL; i++) { int d = lane + 32 * i; if (d < hd) acc[i] = acc[i] * c + e0 * v0[d] + e1 * v1[d]; }
         m = m_new;
     }
     __shared__ float ms[ATT_WARPS], ls[ATT_WARPS], out[ATT_WARPS][MAX_HEAD_DIM];
     if (lane == 0) { ms[warp] = m; ls[warp] = l; }
 #pragma unroll
-    for (int i = 0; i < MAX_HEAD_DIM / 32; i++) { int d = lane + 32 * i; if (d < hd) out[warp][d] = acc[i]; }
+    for (int i = 0; i < HPL; i++) { int d = lane + 32 * i; if (d < hd) out[warp][d] = acc[i]; }
     __syncthreads();
     float M = ms[0];
     for (int w = 1; w < ATT_WARPS; w++) M = fmaxf(M, ms[w]);
-    float L = 0.0f;
-    for (int w = 0; w < ATT_WARPS; w++) L += ms[w] == -INFINITY ? 0.0f : ls[w] * expf(ms[w] - M);
+    float *res = partial + (((size_t)t * nq + h) * n_splits + split) * (MAX_HEAD_DIM + 2);
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float s = 0.0f;
         for (int w = 0; w < ATT_WARPS; w++) if (ms[w] != -INFINITY) s += out[w][d] * expf(ms[w] - M);
-        o[(size_t)t * nq * hd + (size_t)h * hd + d] = s / L;
+        res[2 + d] = s;
+    }
+    if (threadIdx.x == 0) {
+        float L = 0.0f;
+        for (int w = 0; w < ATT_WARPS; w++) if (ms[w] != -INFINITY) L += ls[w] * expf(ms[w] - M);
+        res[0] = M;
+        res[1] = L;
+    }
+}
+
+// o = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M) over the splits of (t, h)
+__global__ void attention_combine_kernel(float *o, const float *partial, int nq, int hd, int n_splits) {
+    int t = blockIdx.x, h = blockIdx.y;
+    const float *part = partial + ((size_t)t * nq + h) * n_splits * (MAX_HEAD_DIM + 2);
+    float M = -INFINITY, L = 0.0f;
+    for (int s = 0; s < n_splits; s++) M = fmaxf(M, part[s * (MAX_HEAD_DIM + 2)]);
+    for (int s = 0; s < n_splits; s++) {
+        float ms = part[s * (MAX_HEAD_DIM + 2)];
+        if (ms != -INFINITY) L += part[s * (MAX_HEAD_DIM + 2) + 1] * expf(ms - M);
+    }
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int s = 0; s < n_splits; s++) {
+            float ms = part[s * (MAX_HEAD_DIM + 2)];
+            if (ms != -INFINITY) acc += part[s * (MAX_HEAD_DIM + 2) + 2 + d] * expf(ms - M);
+        }
+        o[(size_t)t * nq * hd + (size_t)h * hd + d] = acc / L;
     }
 }
 
@@ -459,8 +535,10 @@ static void attention_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     attention_prep_kernel<<<T, 256, 0, gp->stream>>>(gp->q, gp->k, gp->v, w->q_bias, w->k_bias, w->v_bias, gp->key_cache[l],
                                                        gp->value_cache[l], gp->pos_dev, nq, nkv, hd, gp->kv_capacity, gp->rope_inv_freq_attn);
     LAUNCH_CHECK();
-    attention_kernel<<<dim3(T, nq), ATT_WARPS * 32, 0, gp->stream>>>(gp->o, gp->q, gp->key_cache[l], gp->value_cache[l], gp->pos_dev,
-                                                                      nq, nkv, hd, c->attn_window, gp->kv_capacity);
+    int splits = T == 1 ? ATT_SPLITS : 1; // one token: spread its keys over more blocks
+    attention_kernel<<<dim3(T, nq, splits), ATT_WARPS * 32, 0, gp->stream>>>(gp->att, gp->q, gp->key_cache[l], gp->value_cache[l],
+                                                                              gp->pos_dev, nq, nkv, hd, c->attn_window, gp->kv_capacity);
+    attention_combine_kernel<<<dim3(T, nq), 128, 0, gp->stream>>>(gp->o, gp->att, nq, hd, splits);
     LAUNCH_CHECK();
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
     matmul(gp, gp->o, nq * hd, Prologue{NORM_NONE}, T, &out, 1);
@@ -488,8 +566,8 @@ static void hgrn_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     GemvJob in[3] = {{w->i_proj, gp->q, OUT_STORE}, {w->f_proj, gp->f, OUT_STORE}, {w->g_proj, gp->g, OUT_STORE}};
     matmul(gp, gp->x, c->dim, rms(w->attn_norm, c->norm_eps), T, in, 3);
     if (w->conv_w[0]) {
-        short_conv_kernel<<<(I + 127) / 128, 128, 0, gp->stream>>>(gp->q, T, I, I, gp->conv_cache[0][l], w->conv_w[0], c->conv_size, 0);
-        short_conv_kernel<<<(I + 127) / 128, 128, 0, gp->stream>>>(gp->f, T, I, I, gp->conv_cache[1][l], w->conv_w[1], c->conv_size, 0);
+        short_conv(gp, gp->q, T, I, gp->conv_cache[0][l], w->conv_w[0], c->conv_size, 0);
+        short_conv(gp, gp->f, T, I, gp->conv_cache[1][l], w->conv_w[1], c->conv_size, 0);
     }
     hgrn_scan_kernel<<<(I + 127) / 128, 128, 0, gp->stream>>>(gp->state[l], gp->q, gp->f, gp->o, l > 0 ? w->lower_bound : nullptr, T, I);
     LAUNCH_CHECK();
@@ -553,16 +631,21 @@ template <int KPL> __global__ void linear_scan_kernel(ScanArgs p) {
     float *S0 = p.state + (size_t)sh * p.dv * p.dk;
     StateRows<KPL> S;
     S.load(S0, e0, p.dv, p.dk, lane);
+    float k[KPL], a[KPL], v[ROWS], q[KPL], dots[ROWS]; // token t's inputs, fetched while t-1 runs
+    auto fetch = [&](int t, float *kk, float *aa, float *vv) {
+        load_cols<KPL>(kk, p.k + t * p.ld_k + (size_t)kh * p.dk, p.dk, lane);
+        load_cols<KPL>(aa, p.a + t * p.ld_a + (size_t)(p.k_div == 1 ? kh : sh) * p.dk, p.dk, lane);
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) vv[r] = e0 + r < p.dv ? p.v[t * p.ld_v + (size_t)kh * p.dv + e0 + r] : 0.0f;
+    };
+    fetch(0, k, a, v);
     for (int t = 0; t < p.T; t++) {
-        float k[KPL], a[KPL], q[KPL], dots[ROWS];
-        load_cols<KPL>(k, p.k + t * p.ld_k + (size_t)kh * p.dk, p.dk, lane);
-        load_cols<KPL>(a, p.a + t * p.ld_a + (size_t)(p.k_div == 1 ? kh : sh) * p.dk, p.dk, lane);
+        float kn[KPL], an[KPL], vn[ROWS];
+        if (t + 1 < p.T) fetch(t + 1, kn, an, vn);
 #pragma unroll
-        for (int r = 0; r < ROWS; r++) {
-            float vr = e0 + r < p.dv ? p.v[t * p.ld_v + (size_t)kh * p.dv + e0 + r] : 0.0f;
+        for (int r = 0; r < ROWS; r++)
 #pragma unroll
-            for (int i = 0; i < KPL; i++) S.s[r][i] = a[i] * S.s[r][i] + k[i] * vr;      // S = diag(a) S + k v^T
-        }
+            for (int i = 0; i < KPL; i++) S.s[r][i] = a[i] * S.s[r][i] + k[i] * v[r];          // S = diag(a) S + k v^T
         for (int qi = 0; qi < p.q_per_state; qi++) {
             int qh = sh * p.q_per_state + qi;
             load_cols<KPL>(q, p.q + t * p.ld_q + (size_t)qh * p.dk, p.dk, lane);
@@ -570,6 +653,12 @@ template <int KPL> __global__ void linear_scan_kernel(ScanArgs p) {
 #pragma unroll
             for (int r = 0; r < ROWS; r++)
                 if (lane == r && e0 + r < p.dv) p.o[t * p.ld_o + (size_t)qh * p.dv + e0 + r] = dots[r] * p.out_scale;
+        }
+        if (t + 1 < p.T) {
+#pragma unroll
+            for (int i = 0; i < KPL; i++) { k[i] = kn[i]; a[i] = an[i]; }
+#pragma unroll
+            for (int r = 0; r < ROWS; r++) v[r] = vn[r];
         }
     }
     S.store(S0, e0, p.dv, p.dk, lane);
@@ -590,11 +679,19 @@ template <int KPL> __global__ void delta_scan_kernel(DeltaArgs p) {
     float *S0 = p.state + (size_t)j * p.dv * p.dk;
     StateRows<KPL> S;
     S.load(S0, e0, p.dv, p.dk, lane);
+    float k[KPL], q[KPL], v[ROWS], alpha, beta, dots[ROWS]; // token t's inputs, fetched while t-1 runs
+    auto fetch = [&](int t, float *kk, float *qq, float *vv, float &al, float &be) {
+        load_cols<KPL>(kk, p.k + t * p.ld_qk + (size_t)qk * p.dk, p.dk, lane);
+        load_cols<KPL>(qq, p.q + t * p.ld_qk + (size_t)qk * p.dk, p.dk, lane);
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) vv[r] = e0 + r < p.dv ? p.v[t * p.ld_v + (size_t)j * p.dv + e0 + r] : 0.0f;
+        al = p.alpha ? p.alpha[(size_t)t * p.nv + j] : 1.0f;
+        be = p.beta[(size_t)t * p.nv + j];
+    };
+    fetch(0, k, q, v, alpha, beta);
     for (int t = 0; t < p.T; t++) {
-        float k[KPL], q[KPL], dots[ROWS];
-        load_cols<KPL>(k, p.k + t * p.ld_qk + (size_t)qk * p.dk, p.dk, lane);
-        load_cols<KPL>(q, p.q + t * p.ld_qk + (size_t)qk * p.dk, p.dk, lane);
-        float alpha = p.alpha ? p.alpha[(size_t)t * p.nv + j] : 1.0f, beta = p.beta[(size_t)t * p.nv + j];
+        float kn[KPL], qn[KPL], vn[ROWS], alpha_n, beta_n;
+        if (t + 1 < p.T) fetch(t + 1, kn, qn, vn, alpha_n, beta_n);
         if (p.alpha)
 #pragma unroll
             for (int r = 0; r < ROWS; r++)
@@ -603,7 +700,7 @@ template <int KPL> __global__ void delta_scan_kernel(DeltaArgs p) {
         row_dots<KPL>(S, k, dots);
 #pragma unroll
         for (int r = 0; r < ROWS; r++) {
-            float u = (e0 + r < p.dv ? p.v[t * p.ld_v + (size_t)j * p.dv + e0 + r] : 0.0f) - dots[r]; // u = v - S^T k
+            float u = v[r] - dots[r];                                                       // u = v - S^T k
 #pragma unroll
             for (int i = 0; i < KPL; i++) S.s[r][i] += beta * u * k[i];                   // S += k (beta u)^T
         }
@@ -611,6 +708,14 @@ template <int KPL> __global__ void delta_scan_kernel(DeltaArgs p) {
 #pragma unroll
         for (int r = 0; r < ROWS; r++)
             if (lane == r && e0 + r < p.dv) p.o[t * p.ld_v + (size_t)j * p.dv + e0 + r] = dots[r];
+        if (t + 1 < p.T) {
+#pragma unroll
+            for (int i = 0; i < KPL; i++) { k[i] = kn[i]; q[i] = qn[i]; }
+#pragma unroll
+            for (int r = 0; r < ROWS; r++) v[r] = vn[r];
+            alpha = alpha_n;
+            beta = beta_n;
+        }
     }
     S.store(S0, e0, p.dv, p.dk, lane);
 }
@@ -647,9 +752,9 @@ static void hgrn2_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     GemvJob in[3] = {{w->q_proj, gp->q, OUT_STORE}, {w->f_proj, gp->f, OUT_STORE}, {w->i_proj, gp->v, OUT_STORE}};
     matmul(gp, gp->x, c->dim, rms(w->attn_norm, c->norm_eps), T, in, 3);
     if (w->conv_w[0]) {
-        short_conv_kernel<<<(F + 127) / 128, 128, 0, gp->stream>>>(gp->q, T, F, F, gp->conv_cache[0][l], w->conv_w[0], c->conv_size, 0);
-        short_conv_kernel<<<(F + 127) / 128, 128, 0, gp->stream>>>(gp->f, T, F, F, gp->conv_cache[1][l], w->conv_w[1], c->conv_size, 0);
-        short_conv_kernel<<<(Dv + 127) / 128, 128, 0, gp->stream>>>(gp->v, T, Dv, Dv, gp->conv_cache[2][l], w->conv_w[2], c->conv_size, 0);
+        short_conv(gp, gp->q, T, F, gp->conv_cache[0][l], w->conv_w[0], c->conv_size, 0);
+        short_conv(gp, gp->f, T, F, gp->conv_cache[1][l], w->conv_w[1], c->conv_size, 0);
+        short_conv(gp, gp->v, T, Dv, gp->conv_cache[2][l], w->conv_w[2], c->conv_size, 0);
     }
     hgrn2_prep_kernel<<<dim3((F + 255) / 256, T), 256, 0, gp->stream>>>(gp->q, gp->f, gp->k, gp->a, l > 0 ? w->lower_bound : nullptr, F,
                                                                          1.0f / sqrtf((float)dk));
@@ -685,9 +790,9 @@ static void gla_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     GemvJob gk = {w->gk_proj1, gp->f, OUT_STORE};
     matmul(gp, gp->low_rank, c->gate_low_rank, Prologue{NORM_NONE}, T, &gk, 1);
     if (w->conv_w[0]) {
-        short_conv_kernel<<<(Dq + 127) / 128, 128, 0, gp->stream>>>(gp->q, T, Dq, Dq, gp->conv_cache[0][l], w->conv_w[0], c->conv_size, 1);
-        short_conv_kernel<<<(Dk + 127) / 128, 128, 0, gp->stream>>>(gp->k, T, Dk, Dk, gp->conv_cache[1][l], w->conv_w[1], c->conv_size, 1);
-        short_conv_kernel<<<(Dv + 127) / 128, 128, 0, gp->stream>>>(gp->v, T, Dv, Dv, gp->conv_cache[2][l], w->conv_w[2], c->conv_size, 1);
+        short_conv(gp, gp->q, T, Dq, gp->conv_cache[0][l], w->conv_w[0], c->conv_size, 1);
+        short_conv(gp, gp->k, T, Dk, gp->conv_cache[1][l], w->conv_w[1], c->conv_size, 1);
+        short_conv(gp, gp->v, T, Dv, gp->conv_cache[2][l], w->conv_w[2], c->conv_size, 1);
     }
     gla_prep_kernel<<<dim3((Dq > Dk ? Dq : Dk) / 256 + 1, T), 256, 0, gp->stream>>>(gp->q, gp->k, gp->f, w->gk_bias, Dq, Dk, c->feature_map,
                                                                                      c->gate_normalizer, c->clamp_min, 1.0f / sqrtf((float)dk));
@@ -784,9 +889,9 @@ static void delta_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     if (w->g_proj.data) in[n++] = {w->g_proj, gp->g, OUT_STORE};
     matmul(gp, gp->x, c->dim, rms(w->attn_norm, c->norm_eps), T, in, n);
     if (w->conv_w[0]) {
-        short_conv_kernel<<<(Dk + 127) / 128, 128, 0, gp->stream>>>(gp->q, T, Dk, Dk, gp->conv_cache[0][l], w->conv_w[0], c->conv_size, silu_qk);
-        short_conv_kernel<<<(Dk + 127) / 128, 128, 0, gp->stream>>>(gp->k, T, Dk, Dk, gp->conv_cache[1][l], w->conv_w[1], c->conv_size, silu_qk);
-        short_conv_kernel<<<(Dv + 127) / 128, 128, 0, gp->stream>>>(gp->v, T, Dv, Dv, gp->conv_cache[2][l], w->conv_w[2], c->conv_size, 1);
+        short_conv(gp, gp->q, T, Dk, gp->conv_cache[0][l], w->conv_w[0], c->conv_size, silu_qk);
+        short_conv(gp, gp->k, T, Dk, gp->conv_cache[1][l], w->conv_w[1], c->conv_size, silu_qk);
+        short_conv(gp, gp->v, T, Dv, gp->conv_cache[2][l], w->conv_w[2], c->conv_size, 1);
     }
     delta_prep_kernel<<<T, 256, 0, gp->stream>>>(gp->q, gp->k, gp->v, gp->b, gp->a, gated ? w->A_log : nullptr, w->dt_bias, nq, nv, dk, Dv,
                                                   c->feature_map, c->flags, w->conv_w[0] != nullptr, w->b_proj.data != nullptr);
@@ -917,7 +1022,11 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     if (m->rope_inv_freq_retnet) gp->rope_inv_freq_retnet = upload(m->rope_inv_freq_retnet, (size_t)c->lin_head_k_dim / 2);
     if (largest_cols * sizeof(float) > 200 * 1024) fatal("%s: a matrix with %zu columns is too wide for the cuda backend", m->path, largest_cols);
     // GEMV's shared-memory input row: raise the 48 KB default
-    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(largest_cols * sizeof(float))));
+    int smem = (int)(largest_cols * sizeof(float));
+    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_F32>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_F16>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_Q8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
 
     // states and caches, laid out as run.c's
     gp->kv_capacity = c->attn_window > 0 && c->attn_window + GPU_MAX_BATCH < ctx ? c->attn_window + GPU_MAX_BATCH : ctx;
@@ -951,6 +1060,7 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     gp->hb = zeros(B * c->hidden_dim);
     gp->hb2 = zeros(B * c->hidden_dim);
     gp->logits = zeros(B * c->vocab_size);
+    gp->att = zeros((B > ATT_SPLITS ? B : ATT_SPLITS) * (size_t)(c->attn_heads > 0 ? c->attn_heads : 1) * (MAX_HEAD_DIM + 2));
     gp->x16_elems = B * proj;
     CUDA_CHECK(cudaMalloc(&gp->x16, gp->x16_elems * 2));
     gp->w16_elems = w16;

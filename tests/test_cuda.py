@@ -143,11 +143,14 @@ def random_paper_model(name, dtype, tmp_path):
 
 
 @gpu
-@pytest.mark.parametrize("name", sorted(p.name for p in PAPER.iterdir() if (p / "shapes.json").exists()))
+@pytest.mark.parametrize("name", ["transformer"] + [f"{k}_hybrid_6_1" for k in ("hgrn", "hgrn2", "gla", "retnet", "delta_net", "gated_deltanet")])
 def test_cpu_and_cuda_agree_at_paper_shape(name, tmp_path):
+    """every kind, in the paper's 6:1 hybrid at 340M: bf16 weights (the GPU's working dtype;
+    its prompt path rounds activations to bf16), and fp32 for the GatedDeltaNet hybrid"""
     rng = np.random.default_rng(2)
     tokens = rng.integers(3, 32000, 40).tolist()
-    for dtype, bound in (("fp32", 1e-3), ("bf16", 5e-2)):
+    dtypes = [("bf16", 5e-2)] + ([("fp32", 1e-3)] if name.startswith("gated") else [])
+    for dtype, bound in dtypes:
         model = random_paper_model(name, dtype, tmp_path)
         cpu = logits(RUN, model, tokens, tmp_path)
         for flags in ([], ["--one-by-one"]):
