@@ -312,8 +312,37 @@ struct Gpu {
     cudaStream_t stream;
     cublasHandle_t blas;
     cudaGraphExec_t decode_graph;    // the one-token step, captured on first use
-    int graph_ready;
+    int graph_ready, capturing;
+    // HLA_CUDA_TIMING=1: GPU time of each phase of a prompt, summed over the layers (stderr)
+    int timing, n_marks;
+    cudaEvent_t marks[4096];
+    const char *mark_label[4096];
 };
+
+// the end of a timed phase (HLA_CUDA_TIMING): the time since the previous mark counts as `label`
+static void mark(Gpu *gp, const char *label) {
+    if (!gp->timing || gp->capturing || gp->n_marks == 4096) return;
+    CUDA_CHECK(cudaEventRecord(gp->marks[gp->n_marks], gp->stream));
+    gp->mark_label[gp->n_marks++] = label;
+}
+
+static void print_marks(Gpu *gp, int T) {
+    const char *labels[32];
+    float ms[32];
+    int n = 0;
+    for (int i = 1; i < gp->n_marks; i++) {
+        float dt;
+        CUDA_CHECK(cudaEventElapsedTime(&dt, gp->marks[i - 1], gp->marks[i]));
+        int j = 0;
+        while (j < n && strcmp(labels[j], gp->mark_label[i])) j++;
+        if (j == n && n < 32) { labels[n] = gp->mark_label[i]; ms[n++] = 0.0f; }
+        if (j < n) ms[j] += dt;
+    }
+    fprintf(stderr, "cuda timing, %d tokens:", T);
+    for (int j = 0; j < n; j++) fprintf(stderr, " %s %.2f ms", labels[j], ms[j]);
+    fputc('\n', stderr);
+    gp->n_marks = 0;
+}
 
 static Matrix on_device(const Gpu *gp, const Model *m, Matrix w) {
     if (!w.data) return w;
@@ -337,12 +366,40 @@ static float *zeros(size_t n) {
     return d;
 }
 
-static void short_conv(Gpu *gp, float *x, int T, int channels, float *cache, const float *w, int K, int use_silu) {
-    size_t n = (size_t)T * channels;
-    short_conv_kernel<<<(unsigned)((n + 255) / 256), 256, 0, gp->stream>>>(gp->xb, x, T, channels, cache, w, K, use_silu);
-    conv_cache_kernel<<<(channels + 127) / 128, 128, 0, gp->stream>>>(cache, x, T, channels, K);
-    LAUNCH_CHECK();
-    CUDA_CHECK(cudaMemcpyAsync(x, gp->xb, n * sizeof(float), cudaMemcpyDeviceToDevice, gp->stream));
+/* One token: every channel of the layer's convolutions (up to three) in one launch, in place,
+   each thread shifting its channel's cache. */
+struct Conv { float *x; int channels; float *cache; const float *w; int use_silu; };
+struct Convs { Conv conv[3]; int n; };
+__global__ void conv_step_kernel(Convs cs, int K) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x, i = 0;
+    while (i < cs.n && c >= cs.conv[i].channels) c -= cs.conv[i++].channels;
+    if (i == cs.n) return;
+    const Conv &cv = cs.conv[i];
+    float *hist = cv.cache + (size_t)c * (K - 1), xt = cv.x[c];
+    const float *wc = cv.w + (size_t)c * K;
+    float y = wc[K - 1] * xt;
+    for (int j = 0; j < K - 1; j++) y += wc[j] * hist[j];
+    for (int j = 0; j + 1 < K - 1; j++) hist[j] = hist[j + 1];
+    if (K > 1) hist[K - 2] = xt;
+    cv.x[c] = cv.use_silu ? silu(y) : y;
+}
+
+static void short_conv(Gpu *gp, int T, int K, Convs cs) {
+    if (T == 1) {
+        int channels = 0;
+        for (int i = 0; i < cs.n; i++) channels += cs.conv[i].channels;
+        conv_step_kernel<<<(channels + 127) / 128, 128, 0, gp->stream>>>(cs, K);
+        LAUNCH_CHECK();
+        return;
+    }
+    for (int i = 0; i < cs.n; i++) {
+        const Conv &cv = cs.conv[i];
+        size_t n = (size_t)T * cv.channels;
+        short_conv_kernel<<<(unsigned)((n + 255) / 256), 256, 0, gp->stream>>>(gp->xb, cv.x, T, cv.channels, cv.cache, cv.w, K, cv.use_silu);
+        conv_cache_kernel<<<(cv.channels + 127) / 128, 128, 0, gp->stream>>>(cv.cache, cv.x, T, cv.channels, K);
+        LAUNCH_CHECK();
+        CUDA_CHECK(cudaMemcpyAsync(cv.x, gp->xb, n * sizeof(float), cudaMemcpyDeviceToDevice, gp->stream));
+    }
 }
 
 /* Matrix products of T tokens' inputs x [T][cols] (after the prologue) with several
@@ -532,6 +589,7 @@ static void attention_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     int hd = c->attn_head_dim, nq = c->attn_heads, nkv = c->attn_kv_heads;
     GemvJob in[3] = {{w->q_proj, gp->q, OUT_STORE}, {w->k_proj, gp->k, OUT_STORE}, {w->v_proj, gp->v, OUT_STORE}};
     matmul(gp, gp->x, c->dim, rms(w->attn_norm, c->norm_eps), T, in, 3);
+    mark(gp, "projections");
     attention_prep_kernel<<<T, 256, 0, gp->stream>>>(gp->q, gp->k, gp->v, w->q_bias, w->k_bias, w->v_bias, gp->key_cache[l],
                                                        gp->value_cache[l], gp->pos_dev, nq, nkv, hd, gp->kv_capacity, gp->rope_inv_freq_attn);
     LAUNCH_CHECK();
@@ -541,7 +599,9 @@ static void attention_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     attention_combine_kernel<<<dim3(T, nq), 128, 0, gp->stream>>>(gp->o, gp->att, nq, hd, splits);
     LAUNCH_CHECK();
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
+    mark(gp, "attention");
     matmul(gp, gp->o, nq * hd, Prologue{NORM_NONE}, T, &out, 1);
+    mark(gp, "projections");
 }
 
 /* HGRN (run.c's hgrn_layer): g = lb + (1-lb) sigmoid(f) (in log space), h_t = g h_{t-1} + (1-g) silu(i);
@@ -565,14 +625,16 @@ static void hgrn_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     int I = c->lin_head_v_dim;
     GemvJob in[3] = {{w->i_proj, gp->q, OUT_STORE}, {w->f_proj, gp->f, OUT_STORE}, {w->g_proj, gp->g, OUT_STORE}};
     matmul(gp, gp->x, c->dim, rms(w->attn_norm, c->norm_eps), T, in, 3);
+    mark(gp, "projections");
     if (w->conv_w[0]) {
-        short_conv(gp, gp->q, T, I, gp->conv_cache[0][l], w->conv_w[0], c->conv_size, 0);
-        short_conv(gp, gp->f, T, I, gp->conv_cache[1][l], w->conv_w[1], c->conv_size, 0);
+        short_conv(gp, T, c->conv_size, Convs{{{gp->q, I, gp->conv_cache[0][l], w->conv_w[0], 0}, {gp->f, I, gp->conv_cache[1][l], w->conv_w[1], 0}}, 2});
     }
     hgrn_scan_kernel<<<(I + 127) / 128, 128, 0, gp->stream>>>(gp->state[l], gp->q, gp->f, gp->o, l > 0 ? w->lower_bound : nullptr, T, I);
     LAUNCH_CHECK();
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
+    mark(gp, "conv, gates, recurrence");
     matmul(gp, gp->o, I, group_norm(w->out_norm, gp->g, I, c->norm_eps), T, &out, 1);
+    mark(gp, "projections");
 }
 
 /* The matrix-state recurrences. A warp owns ROWS rows of one head's state S (row e = value
@@ -751,10 +813,9 @@ static void hgrn2_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     int nh = c->lin_q_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim, F = nh * dk, Dv = nh * dv;
     GemvJob in[3] = {{w->q_proj, gp->q, OUT_STORE}, {w->f_proj, gp->f, OUT_STORE}, {w->i_proj, gp->v, OUT_STORE}};
     matmul(gp, gp->x, c->dim, rms(w->attn_norm, c->norm_eps), T, in, 3);
+    mark(gp, "projections");
     if (w->conv_w[0]) {
-        short_conv(gp, gp->q, T, F, gp->conv_cache[0][l], w->conv_w[0], c->conv_size, 0);
-        short_conv(gp, gp->f, T, F, gp->conv_cache[1][l], w->conv_w[1], c->conv_size, 0);
-        short_conv(gp, gp->v, T, Dv, gp->conv_cache[2][l], w->conv_w[2], c->conv_size, 0);
+        short_conv(gp, T, c->conv_size, Convs{{{gp->q, F, gp->conv_cache[0][l], w->conv_w[0], 0}, {gp->f, F, gp->conv_cache[1][l], w->conv_w[1], 0}, {gp->v, Dv, gp->conv_cache[2][l], w->conv_w[2], 0}}, 3});
     }
     hgrn2_prep_kernel<<<dim3((F + 255) / 256, T), 256, 0, gp->stream>>>(gp->q, gp->f, gp->k, gp->a, l > 0 ? w->lower_bound : nullptr, F,
                                                                          1.0f / sqrtf((float)dk));
@@ -763,7 +824,9 @@ static void hgrn2_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
                   (size_t)F, (size_t)F, (size_t)Dv, (size_t)F, (size_t)Dv, 1.0f};
     launch_scan(gp, dk, nh * ((dv + ROWS - 1) / ROWS), s);
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
+    mark(gp, "conv, gates, recurrence");
     matmul(gp, gp->o, Dv, group_norm(w->out_norm, nullptr, Dv, c->out_norm_eps), T, &out, 1);
+    mark(gp, "projections");
 }
 
 /* GLA prep: a = exp(max(logsigmoid(gk + b) / 16, clamp_min)), k = phi(k), q = phi(q) / sqrt(dk) */
@@ -787,12 +850,11 @@ static void gla_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     GemvJob in[5] = {{w->q_proj, gp->q, OUT_STORE}, {w->k_proj, gp->k, OUT_STORE}, {w->v_proj, gp->v, OUT_STORE},
                      {w->gk_proj0, gp->low_rank, OUT_STORE}, {w->g_proj, gp->g, OUT_STORE}};
     matmul(gp, gp->x, c->dim, rms(w->attn_norm, c->norm_eps), T, in, w->g_proj.data ? 5 : 4);
+    mark(gp, "projections");
     GemvJob gk = {w->gk_proj1, gp->f, OUT_STORE};
     matmul(gp, gp->low_rank, c->gate_low_rank, Prologue{NORM_NONE}, T, &gk, 1);
     if (w->conv_w[0]) {
-        short_conv(gp, gp->q, T, Dq, gp->conv_cache[0][l], w->conv_w[0], c->conv_size, 1);
-        short_conv(gp, gp->k, T, Dk, gp->conv_cache[1][l], w->conv_w[1], c->conv_size, 1);
-        short_conv(gp, gp->v, T, Dv, gp->conv_cache[2][l], w->conv_w[2], c->conv_size, 1);
+        short_conv(gp, T, c->conv_size, Convs{{{gp->q, Dq, gp->conv_cache[0][l], w->conv_w[0], 1}, {gp->k, Dk, gp->conv_cache[1][l], w->conv_w[1], 1}, {gp->v, Dv, gp->conv_cache[2][l], w->conv_w[2], 1}}, 3});
     }
     gla_prep_kernel<<<dim3((Dq > Dk ? Dq : Dk) / 256 + 1, T), 256, 0, gp->stream>>>(gp->q, gp->k, gp->f, w->gk_bias, Dq, Dk, c->feature_map,
                                                                                      c->gate_normalizer, c->clamp_min, 1.0f / sqrtf((float)dk));
@@ -801,7 +863,9 @@ static void gla_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
                   (size_t)Dq, (size_t)Dk, (size_t)Dv, (size_t)Dk, (size_t)Do, 1.0f};
     launch_scan(gp, dk, nk * ((dv + ROWS - 1) / ROWS), s);
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
+    mark(gp, "conv, gates, recurrence");
     matmul(gp, gp->o, Do, group_norm(w->out_norm, w->g_proj.data ? gp->g : nullptr, dv, c->norm_eps), T, &out, 1);
+    mark(gp, "projections");
 }
 
 /* RetNet prep: q, k = RoPE(phi(q)), RoPE(phi(k)) at the token's position; the decay
@@ -826,13 +890,16 @@ static void retnet_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     int Dq = nq * dk, Dk = nk * dk, Dv = nk * dv, Do = nq * dv;
     GemvJob in[4] = {{w->q_proj, gp->q, OUT_STORE}, {w->k_proj, gp->k, OUT_STORE}, {w->v_proj, gp->v, OUT_STORE}, {w->g_proj, gp->g, OUT_STORE}};
     matmul(gp, gp->x, c->dim, rms(w->attn_norm, c->norm_eps), T, in, w->g_proj.data ? 4 : 3);
+    mark(gp, "projections");
     retnet_prep_kernel<<<T, 256, 0, gp->stream>>>(gp->q, gp->k, gp->a, gp->pos_dev, nq, nk, dk, c->feature_map, gp->rope_inv_freq_retnet);
     LAUNCH_CHECK();
     ScanArgs s = {gp->state[l], gp->q, gp->k, gp->v, gp->a, gp->o, T, nq, dk, dv, nq / nk, 1,
                   (size_t)Dq, (size_t)Dk, (size_t)Dv, (size_t)Dq, (size_t)Do, 1.0f / sqrtf((float)dk)};
     launch_scan(gp, dk, nq * ((dv + ROWS - 1) / ROWS), s);
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
+    mark(gp, "conv, gates, recurrence");
     matmul(gp, gp->o, Do, group_norm(w->out_norm, w->g_proj.data ? gp->g : nullptr, dv, c->norm_eps), T, &out, 1);
+    mark(gp, "projections");
 }
 
 /* DeltaNet/GDN prep, one block per token: silu where there is no conv; per q/k head the
@@ -888,10 +955,9 @@ static void delta_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     if (gated) in[n++] = {w->a_proj, gp->a, OUT_STORE};
     if (w->g_proj.data) in[n++] = {w->g_proj, gp->g, OUT_STORE};
     matmul(gp, gp->x, c->dim, rms(w->attn_norm, c->norm_eps), T, in, n);
+    mark(gp, "projections");
     if (w->conv_w[0]) {
-        short_conv(gp, gp->q, T, Dk, gp->conv_cache[0][l], w->conv_w[0], c->conv_size, silu_qk);
-        short_conv(gp, gp->k, T, Dk, gp->conv_cache[1][l], w->conv_w[1], c->conv_size, silu_qk);
-        short_conv(gp, gp->v, T, Dv, gp->conv_cache[2][l], w->conv_w[2], c->conv_size, 1);
+        short_conv(gp, T, c->conv_size, Convs{{{gp->q, Dk, gp->conv_cache[0][l], w->conv_w[0], silu_qk}, {gp->k, Dk, gp->conv_cache[1][l], w->conv_w[1], silu_qk}, {gp->v, Dv, gp->conv_cache[2][l], w->conv_w[2], 1}}, 3});
     }
     delta_prep_kernel<<<T, 256, 0, gp->stream>>>(gp->q, gp->k, gp->v, gp->b, gp->a, gated ? w->A_log : nullptr, w->dt_bias, nq, nv, dk, Dv,
                                                   c->feature_map, c->flags, w->conv_w[0] != nullptr, w->b_proj.data != nullptr);
@@ -899,7 +965,9 @@ static void delta_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     DeltaArgs d = {gp->state[l], gp->q, gp->k, gp->v, gated ? gp->a : nullptr, gp->b, gp->o, T, nv, dk, dv, nv / nq, (size_t)Dk, (size_t)Dv};
     launch_scan(gp, dk, nv * ((dv + ROWS - 1) / ROWS), d);
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
+    mark(gp, "conv, gates, recurrence");
     matmul(gp, gp->o, Dv, group_norm(w->out_norm, w->g_proj.data ? gp->g : nullptr, dv, c->norm_eps), T, &out, 1);
+    mark(gp, "projections");
 }
 
 /* fla's GatedMLP: x += W_down (silu(W_gate h) * (W_up h)), h = RMSNorm(x) */
@@ -917,8 +985,10 @@ static void mlp(Gpu *gp, const LayerWeights *w, int T) {
 
 static void forward_device(Gpu *gp, int T, int all_logits) {
     const Config *c = &gp->m->c;
+    mark(gp, "start");
     embed_kernel<<<T, 256, 0, gp->stream>>>(gp->x, gp->embeddings, gp->tokens);
     LAUNCH_CHECK();
+    mark(gp, "embed");
     for (int l = 0; l < c->n_layers; l++) {
         const LayerWeights *w = &gp->layers[l];
         switch (w->kind) {
@@ -930,10 +1000,12 @@ static void forward_device(Gpu *gp, int T, int all_logits) {
         default: delta_layer(gp, w, l, T); break;
         }
         mlp(gp, w, T);
+        mark(gp, "mlp");
     }
     int first = all_logits ? 0 : T - 1;
     GemvJob head = {gp->lm_head, gp->logits, OUT_STORE};
     matmul(gp, gp->x + (size_t)first * c->dim, c->dim, rms(gp->final_norm, c->norm_eps), T - first, &head, 1);
+    mark(gp, "lm_head");
 }
 
 extern "C" void cuda_forward(Gpu *gp, const int *tokens, int T, int pos, int all_logits, float *logits) {
@@ -947,7 +1019,9 @@ extern "C" void cuda_forward(Gpu *gp, const int *tokens, int T, int pos, int all
         if (!gp->graph_ready) {
             cudaGraph_t graph;
             CUDA_CHECK(cudaStreamBeginCapture(gp->stream, cudaStreamCaptureModeThreadLocal));
+            gp->capturing = 1;
             forward_device(gp, 1, 0);
+            gp->capturing = 0;
             CUDA_CHECK(cudaStreamEndCapture(gp->stream, &graph));
             CUDA_CHECK(cudaGraphInstantiate(&gp->decode_graph, graph, 0));
             CUDA_CHECK(cudaGraphDestroy(graph));
@@ -961,6 +1035,7 @@ extern "C" void cuda_forward(Gpu *gp, const int *tokens, int T, int pos, int all
     CUDA_CHECK(cudaMemcpyAsync(gp->logits_host, gp->logits, n * sizeof(float), cudaMemcpyDeviceToHost, gp->stream));
     CUDA_CHECK(cudaStreamSynchronize(gp->stream));
     memcpy(logits, gp->logits_host, n * sizeof(float));
+    if (gp->n_marks) print_marks(gp, T);
     gp->pos = pos + T;
 }
 
@@ -990,6 +1065,9 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     Gpu *gp = (Gpu *)xcalloc(1, sizeof(Gpu));
     gp->m = m;
     gp->max_batch = GPU_MAX_BATCH;
+    const char *timing = getenv("HLA_CUDA_TIMING");
+    gp->timing = timing && atoi(timing) > 0;
+    for (int i = 0; gp->timing && i < 4096; i++) CUDA_CHECK(cudaEventCreate(&gp->marks[i]));
     CUDA_CHECK(cudaStreamCreateWithFlags(&gp->stream, cudaStreamNonBlocking));
     BLAS_CHECK(cublasCreate(&gp->blas));
     BLAS_CHECK(cublasSetStream(gp->blas, gp->stream));

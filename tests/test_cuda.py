@@ -145,17 +145,18 @@ def random_paper_model(name, dtype, tmp_path):
 @gpu
 @pytest.mark.parametrize("name", ["transformer"] + [f"{k}_hybrid_6_1" for k in ("hgrn", "hgrn2", "gla", "retnet", "delta_net", "gated_deltanet")])
 def test_cpu_and_cuda_agree_at_paper_shape(name, tmp_path):
-    """every kind, in the paper's 6:1 hybrid at 340M: bf16 weights (the GPU's working dtype;
-    its prompt path rounds activations to bf16), and fp32 for the GatedDeltaNet hybrid"""
+    """every kind in the paper's 6:1 hybrid at 340M (the Transformer pure): with fp32 weights
+    both GPU paths equal the CPU to fp32 rounding; with bf16 weights the one-token path too,
+    while the prompt path rounds its activations to bf16 for the tensor cores (measured
+    and bounded here, relative to the largest logit)"""
     rng = np.random.default_rng(2)
     tokens = rng.integers(3, 32000, 40).tolist()
-    dtypes = [("bf16", 5e-2)] + ([("fp32", 1e-3)] if name.startswith("gated") else [])
-    for dtype, bound in dtypes:
+    for dtype in ("fp32", "bf16"):
         model = random_paper_model(name, dtype, tmp_path)
         cpu = logits(RUN, model, tokens, tmp_path)
         for flags in ([], ["--one-by-one"]):
             gpu_logits = logits(RUN, model, tokens, tmp_path, "--device", "cuda", *flags)
             rel = float(np.abs(gpu_logits - cpu).max() / np.abs(cpu).max())
             print(f"{name} {dtype} {'one-by-one' if flags else 'prompt'}: max|cuda - cpu| / max|cpu| = {rel:.2e}")
-            assert rel <= bound, rel
+            assert rel <= (2e-1 if dtype == "bf16" and not flags else 1e-4), rel
         model.unlink()
