@@ -64,6 +64,11 @@ __device__ static float apply_feature_map(int fmap, float x) {
     }
 }
 
+__device__ static float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
 __device__ static float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -79,6 +84,17 @@ __device__ static float block_sum(float v) {
     float s = 0.0f;
     for (int i = 0; i < (int)(blockDim.x >> 5); i++) s += partial[i];
     return s;
+}
+
+__device__ static float block_max(float v) {
+    __shared__ float partial[32];
+    __syncthreads();
+    v = warp_max(v);
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float m = -INFINITY;
+    for (int i = 0; i < (int)(blockDim.x >> 5); i++) m = fmaxf(m, partial[i]);
+    return m;
 }
 
 // one weight of a matrix as fp32 (the slow, general path; matrix rows use gemv's loads)
@@ -303,6 +319,8 @@ struct Gpu {
     int kv_capacity, max_batch, pos;
     float *x, *xb, *q, *k, *v, *g, *f, *a, *b, *o, *low_rank, *hb, *hb2, *logits;
     float *att;                      // attention's per-split partial results
+    float *scores;                   // a prompt's attention scores [heads][T][keys], if they fit 1 GB
+    int step_pos;                    // first position of the step being run (host copy)
     size_t proj;                     // row length of q/k/v/g/f/a/o
     void *x16, *w16;                 // a GEMM's input in 16-bit, a q8 matrix widened to bf16
     size_t x16_elems, w16_elems;
@@ -313,7 +331,8 @@ struct Gpu {
     cublasHandle_t blas;
     cudaGraphExec_t decode_graph;    // the one-token step, captured on first use
     int graph_ready, capturing;
-    // HLA_CUDA_TIMING=1: GPU time of each phase of a prompt, summed over the layers (stderr)
+    // HLA_CUDA_TIMING=1: GPU time of each phase of a step, summed over the layers (stderr; decode
+    // steps then run without the graph)
     int timing, n_marks;
     cudaEvent_t marks[4096];
     const char *mark_label[4096];
@@ -584,6 +603,38 @@ __global__ void attention_combine_kernel(float *o, const float *partial, int nq,
     }
 }
 
+/* A prompt's attention as matrix products (when the keys sit in cache rows 0..pos+T-1 and the
+   scores fit the buffer): per query head S = (q k^T) / sqrt(d) over all keys (fp32 SGEMM),
+   the causal (and window) mask with the softmax per row, then o = S v. */
+__global__ void attention_softmax_kernel(float *scores, int T, int n, int pos, int window) {
+    int t = blockIdx.x, h = blockIdx.y, p = pos + t, first = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+    float *row = scores + ((size_t)h * T + t) * n;
+    float mx = -INFINITY;
+    for (int j = first + threadIdx.x; j <= p; j += blockDim.x) mx = fmaxf(mx, row[j]);
+    mx = block_max(mx);
+    float sum = 0.0f;
+    for (int j = first + threadIdx.x; j <= p; j += blockDim.x) sum += expf(row[j] - mx);
+    sum = block_sum(sum);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) row[j] = j >= first && j <= p ? expf(row[j] - mx) / sum : 0.0f;
+}
+
+static void attention_gemm(Gpu *gp, int l, int T) {
+    const Config *c = &gp->m->c;
+    int hd = c->attn_head_dim, nq = c->attn_heads, nkv = c->attn_kv_heads, group = nq / nkv, n = gp->step_pos + T;
+    long long kvd = (long long)nkv * hd, sn = (long long)T * n;
+    float scale = 1.0f / sqrtf((float)hd), one = 1.0f, zero = 0.0f;
+    for (int g = 0; g < group; g++) // query heads kvh * group + g, batched over the kv heads
+        BLAS_CHECK(cublasSgemmStridedBatched(gp->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, T, hd, &scale, gp->key_cache[l], kvd, hd,
+                                             gp->q + (size_t)g * hd, nq * hd, (long long)group * hd, &zero, gp->scores + g * sn, n,
+                                             group * sn, nkv));
+    attention_softmax_kernel<<<dim3(T, nq), 256, 0, gp->stream>>>(gp->scores, T, n, gp->step_pos, c->attn_window);
+    LAUNCH_CHECK();
+    for (int g = 0; g < group; g++)
+        BLAS_CHECK(cublasSgemmStridedBatched(gp->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, n, &one, gp->value_cache[l], kvd, hd,
+                                             gp->scores + g * sn, n, group * sn, &zero, gp->o + (size_t)g * hd, nq * hd,
+                                             (long long)group * hd, nkv));
+}
+
 static void attention_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     const Config *c = &gp->m->c;
     int hd = c->attn_head_dim, nq = c->attn_heads, nkv = c->attn_kv_heads;
@@ -593,11 +644,15 @@ static void attention_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     attention_prep_kernel<<<T, 256, 0, gp->stream>>>(gp->q, gp->k, gp->v, w->q_bias, w->k_bias, w->v_bias, gp->key_cache[l],
                                                        gp->value_cache[l], gp->pos_dev, nq, nkv, hd, gp->kv_capacity, gp->rope_inv_freq_attn);
     LAUNCH_CHECK();
-    int splits = T == 1 ? ATT_SPLITS : 1; // one token: spread its keys over more blocks
-    attention_kernel<<<dim3(T, nq, splits), ATT_WARPS * 32, 0, gp->stream>>>(gp->att, gp->q, gp->key_cache[l], gp->value_cache[l],
-                                                                              gp->pos_dev, nq, nkv, hd, c->attn_window, gp->kv_capacity);
-    attention_combine_kernel<<<dim3(T, nq), 128, 0, gp->stream>>>(gp->o, gp->att, nq, hd, splits);
-    LAUNCH_CHECK();
+    if (T > 1 && gp->scores && gp->step_pos + T <= gp->kv_capacity) {
+        attention_gemm(gp, l, T);
+    } else {
+        int splits = T == 1 ? ATT_SPLITS : 1; // one token: spread its keys over more blocks
+        attention_kernel<<<dim3(T, nq, splits), ATT_WARPS * 32, 0, gp->stream>>>(gp->att, gp->q, gp->key_cache[l], gp->value_cache[l],
+                                                                                  gp->pos_dev, nq, nkv, hd, c->attn_window, gp->kv_capacity);
+        attention_combine_kernel<<<dim3(T, nq), 128, 0, gp->stream>>>(gp->o, gp->att, nq, hd, splits);
+        LAUNCH_CHECK();
+    }
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
     mark(gp, "attention");
     matmul(gp, gp->o, nq * hd, Prologue{NORM_NONE}, T, &out, 1);
@@ -1013,9 +1068,10 @@ extern "C" void cuda_forward(Gpu *gp, const int *tokens, int T, int pos, int all
     if (T < 1 || T > gp->max_batch) fatal("cuda: %d tokens in one step (1..%d)", T, gp->max_batch);
     memcpy(gp->io_host, tokens, sizeof(int) * T);
     gp->io_host[GPU_MAX_BATCH] = pos;
+    gp->step_pos = pos;
     CUDA_CHECK(cudaMemcpyAsync(gp->tokens, gp->io_host, sizeof(int) * T, cudaMemcpyHostToDevice, gp->stream));
     CUDA_CHECK(cudaMemcpyAsync(gp->pos_dev, gp->io_host + GPU_MAX_BATCH, sizeof(int), cudaMemcpyHostToDevice, gp->stream));
-    if (T == 1) { // the decode step: capture it once, then replay the graph
+    if (T == 1 && !gp->timing) { // the decode step: capture it once, then replay the graph
         if (!gp->graph_ready) {
             cudaGraph_t graph;
             CUDA_CHECK(cudaStreamBeginCapture(gp->stream, cudaStreamCaptureModeThreadLocal));
@@ -1138,6 +1194,8 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     gp->hb = zeros(B * c->hidden_dim);
     gp->hb2 = zeros(B * c->hidden_dim);
     gp->logits = zeros(B * c->vocab_size);
+    size_t score_floats = B * (size_t)c->attn_heads * gp->kv_capacity;
+    if (c->attn_heads > 0 && score_floats * sizeof(float) <= (1u << 30)) gp->scores = zeros(score_floats);
     gp->att = zeros((B > ATT_SPLITS ? B : ATT_SPLITS) * (size_t)(c->attn_heads > 0 ? c->attn_heads : 1) * (MAX_HEAD_DIM + 2));
     gp->x16_elems = B * proj;
     CUDA_CHECK(cudaMalloc(&gp->x16, gp->x16_elems * 2));
@@ -1150,10 +1208,13 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     CUDA_CHECK(cudaDeviceSynchronize());
     // run both paths once (module loading, cuBLAS set-up, capturing the decode graph), so no
     // first-use cost lands in a timed step; then back to an empty sequence
-    int warm[2] = {0, 0};
-    float *scratch = (float *)xcalloc((size_t)2 * c->vocab_size, sizeof(float));
-    cuda_forward(gp, warm, 2, 0, 0, scratch);
-    cuda_forward(gp, warm, 1, 2, 0, scratch);
+    int n_warm = ctx - 1 < GPU_MAX_BATCH ? ctx - 1 : GPU_MAX_BATCH; // a full batch: cuBLAS loads its kernels for it
+    if (n_warm < 2) n_warm = 2;
+    int *warm = (int *)xcalloc((size_t)n_warm, sizeof(int));
+    float *scratch = (float *)xcalloc(c->vocab_size, sizeof(float));
+    cuda_forward(gp, warm, n_warm, 0, 0, scratch);
+    cuda_forward(gp, warm, 1, n_warm, 0, scratch);
+    free(warm);
     free(scratch);
     cuda_reset(gp);
     return gp;
