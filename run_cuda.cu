@@ -164,14 +164,14 @@ template <int DTYPE> __device__ static float chunk_dot(int4 v, const float *x) {
         const int8_t *b = (const int8_t *)&v;
 #pragma unroll
         for (int i = 0; i < 16; i++) s += (float)b[i] * x[i];
-    } else if (DTYPE == DTYPE_BF16) {
-        const __nv_bfloat162 *h = (const __nv_bfloat162 *)&v;
+    } else { // x is 32-byte aligned here: two float4 reads
+        float4 x0 = ((const float4 *)x)[0], x1 = ((const float4 *)x)[1];
+        float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
 #pragma unroll
-        for (int i = 0; i < 4; i++) { float2 f = __bfloat1622float2(h[i]); s += f.x * x[2 * i] + f.y * x[2 * i + 1]; }
-    } else {
-        const __half2 *h = (const __half2 *)&v;
-#pragma unroll
-        for (int i = 0; i < 4; i++) { float2 f = __half22float2(h[i]); s += f.x * x[2 * i] + f.y * x[2 * i + 1]; }
+        for (int i = 0; i < 4; i++) {
+            float2 f = DTYPE == DTYPE_BF16 ? __bfloat1622float2(((const __nv_bfloat162 *)&v)[i]) : __half22float2(((const __half2 *)&v)[i]);
+            s += f.x * xv[2 * i] + f.y * xv[2 * i + 1];
+        }
     }
     return s;
 }
@@ -180,7 +180,7 @@ template <int DTYPE> __device__ static float chunk_dot(int4 v, const float *x) {
    flight: the first ones are requested before the prologue, so the weights are on their way
    while x is normalised; each later batch is requested before the previous one is used. */
 #define GEMV_WARPS 8
-#define GEMV_UNROLL 4
+#define GEMV_UNROLL 8
 template <int DTYPE> struct RowStream {
     static constexpr int PER_CHUNK = DTYPE == DTYPE_F32 ? 4 : DTYPE == DTYPE_Q8 ? 16 : 8;
     const int4 *row;
@@ -530,7 +530,7 @@ __global__ void attention_prep_kernel(float *q, float *k, float *v, const float 
 }
 
 #define ATT_WARPS 8
-#define ATT_SPLITS 16    // key ranges per (token, head) for one decoded token, combined after
+#define ATT_SPLITS 64    // key ranges per (token, head) for one decoded token, combined after
 #define MAX_HEAD_DIM 256
 #define HPL (MAX_HEAD_DIM / 32)
 /* Block (t, h, split) takes its share of the keys; its warps take every ATT_WARPS-th key,

@@ -118,6 +118,10 @@ def test_cuda_weight_dtype_against_fla_fp32(name, dtype, exported, tmp_path):
 
 
 PAPER = REPO / "tests" / "paper_shapes"
+# This random RetNet hybrid is ill-conditioned: on the CPU alone, summing in another order
+# (make BLAS=1 against our own kernel) moves its logits by 2.5e-3 of the largest; GatedDeltaNet's
+# by 3e-6. So its fp32 bound is twice that, the others' 1e-4.
+FP32_REL = {"retnet_hybrid_6_1": 5e-3}
 
 
 def random_paper_model(name, dtype, tmp_path):
@@ -151,12 +155,14 @@ def test_cpu_and_cuda_agree_at_paper_shape(name, tmp_path):
     and bounded here, relative to the largest logit)"""
     rng = np.random.default_rng(2)
     tokens = rng.integers(3, 32000, 40).tolist()
+    rels = {}
     for dtype in ("fp32", "bf16"):
         model = random_paper_model(name, dtype, tmp_path)
         cpu = logits(RUN, model, tokens, tmp_path)
         for flags in ([], ["--one-by-one"]):
             gpu_logits = logits(RUN, model, tokens, tmp_path, "--device", "cuda", *flags)
-            rel = float(np.abs(gpu_logits - cpu).max() / np.abs(cpu).max())
+            rels[dtype, bool(flags)] = rel = float(np.abs(gpu_logits - cpu).max() / np.abs(cpu).max())
             print(f"{name} {dtype} {'one-by-one' if flags else 'prompt'}: max|cuda - cpu| / max|cpu| = {rel:.2e}")
-            assert rel <= (2e-1 if dtype == "bf16" and not flags else 1e-4), rel
         model.unlink()
+    for (dtype, one_by_one), rel in rels.items():
+        assert rel <= (2e-1 if dtype == "bf16" and not one_by_one else FP32_REL.get(name, 1e-4)), (dtype, one_by_one, rel)
