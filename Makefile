@@ -45,7 +45,10 @@ paper-shapes: build test-deps
 bench/bandwidth: bench/bandwidth.c
 	$(CC) -O2 -march=native -o $@ bench/bandwidth.c -lpthread
 
-bench: build test-deps bench/bandwidth
+bench/fma: bench/fma.c
+	$(CC) -O2 -march=native -o $@ bench/fma.c -lpthread
+
+bench: build test-deps bench/bandwidth bench/fma
 	$(PYTHON) bench/bench.py
 
 # libFuzzer harnesses (clang): each runs FUZZ_SECONDS; results in tests/FUZZING.md
@@ -54,4 +57,4 @@ fuzz:
 	tests/fuzz/run_fuzz.sh $(FUZZ_SECONDS)
 
 clean:
-	rm -f run run_asan bench/bandwidth
+	rm -f run run_asan bench/bandwidth bench/fma
