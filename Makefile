@@ -41,7 +41,12 @@ asan: run_asan
 paper-shapes: build test-deps
 	$(PYTHON) tests/paper_shape_check.py
 
-# speed against the memory roofline at the paper's 340M shape (random weights; ~6 GB in bench/models/)
+# speed against the memory and FMA rooflines at the paper's 340M (and 1.3B, once its shapes are in
+# tests/paper_shapes_1.3B/) shapes, random weights cached in bench/models/ (~6 GB at 340M, ~20 GB at 1.3B);
+# LLAMA2C=DIR also runs karpathy/llama2.c (a checkout outside this repo) on the same Transformer shape;
+# BENCH_ARGS: more options of bench/bench.py (e.g. --sizes 340M)
+LLAMA2C ?=
+BENCH_ARGS ?=
 bench/bandwidth: bench/bandwidth.c
 	$(CC) -O2 -march=native -o $@ bench/bandwidth.c -lpthread
 
@@ -49,7 +54,7 @@ bench/fma: bench/fma.c
 	$(CC) -O2 -march=native -o $@ bench/fma.c -lpthread
 
 bench: build test-deps bench/bandwidth bench/fma
-	$(PYTHON) bench/bench.py
+	$(PYTHON) bench/bench.py $(if $(LLAMA2C),--llama2c $(LLAMA2C)) $(BENCH_ARGS)
 
 # libFuzzer harnesses (clang): each runs FUZZ_SECONDS; results in tests/FUZZING.md
 FUZZ_SECONDS ?= 60
