@@ -21,8 +21,10 @@ random Transformer of the same shape (bench/llama2c.py), then the issue's ratios
 
 Usage: python3 bench/bench.py [--threads N] [--sizes 340M,1.3B] [--shapes SIZE=DIR]
          [--prompt P] [--decode D] [--reps R] [--dtypes fp32,bf16,q8] [--llama2c DIR] [--llama2c-sizes 340M]
-         [--llama2c-prompt P] [model-substring ...]
+         [--llama2c-prompt P] [--create-only] [model-substring ...]
+  --create-only: write the cached models (one-time: minutes per model at 1.3B) and exit
 """
+import hashlib
 import json
 import os
 import re
@@ -76,26 +78,42 @@ def make_checkpoint(shapes_dir, d):
     return d
 
 
-def usable(model):
-    """An export from an older format version is rebuilt."""
-    return model.exists() and subprocess.run([str(REPO / "run"), str(model), "--info"], capture_output=True).returncode == 0
+def source_key(shapes_dir):
+    """The recorded shapes a cached model was made from (a changed shapes.json remakes it)."""
+    h = hashlib.sha256()
+    for f in ["config.json", "shapes.json"]:
+        h.update((shapes_dir / f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def usable(model, key):
+    """A cached export is used if it was made from these shapes and ./run still reads it."""
+    stamp = model.with_suffix(".src")
+    return (model.exists() and stamp.exists() and stamp.read_text() == key and
+            subprocess.run([str(REPO / "run"), str(model), "--info"], capture_output=True).returncode == 0)
 
 
 def exported(size, shapes_dir, name, dtypes):
     """The model's export in each dtype, made once; the random safetensors go once all exist."""
     global created_s
     d = WORK / size
+    key = source_key(shapes_dir / name)
     out = {t: d / f"{name}.{t}.bin" for t in dtypes}
-    missing = [t for t in dtypes if not usable(out[t])]
+    missing = [t for t in dtypes if not usable(out[t], key)]
     if missing:
         t0 = time.time()
         log(f"[bench] creating {size} {name} ({', '.join(missing)}): random weights, then export.py")
+        stamp = d / name / "source_key"
+        if (d / name).exists() and not (stamp.exists() and stamp.read_text() == key):
+            shutil.rmtree(d / name)  # random weights of other shapes
         ckpt = make_checkpoint(shapes_dir / name, d / name)
+        stamp.write_text(key)
         for t in missing:
             subprocess.run([sys.executable, str(REPO / "export.py"), str(ckpt), str(out[t]), "--dtype", t],
                            check=True, capture_output=True)
+            out[t].with_suffix(".src").write_text(key)
         created_s += time.time() - t0
-    if all(usable(d / f"{name}.{t}.bin") for t in DTYPES) and (d / name).exists():
+    if all(usable(d / f"{name}.{t}.bin", key) for t in DTYPES) and (d / name).exists():
         shutil.rmtree(d / name)
     return out
 
@@ -172,7 +190,7 @@ def main():
     shapes = {s: REPO / d for s, (d, _, _) in SIZES.items()}
     prompt_override = decode_override = None
     l2c_dir, l2c_sizes, l2c_prompt = None, ["340M"], 64
-    reps = 2
+    reps, create_only = 2, False
     while args:
         a = args.pop(0)
         if a == "--threads":
@@ -186,6 +204,8 @@ def main():
             prompt_override = int(args.pop(0))
         elif a == "--decode":
             decode_override = int(args.pop(0))
+        elif a == "--create-only":
+            create_only = True
         elif a == "--reps":
             reps = int(args.pop(0))
         elif a == "--dtypes":
@@ -205,6 +225,13 @@ def main():
             raise SystemExit(f"error: unknown size {s} (give its shapes with --shapes {s}=DIR)")
     if l2c_dir:
         llama2c.build(l2c_dir)
+    if create_only:  # make the cached models (one-time, slow), measure nothing
+        for size in sizes:
+            for name in MODELS:
+                if (shapes[size] / name).is_dir() and (not only or any(s in name for s in only)):
+                    exported(size, shapes[size], name, dtypes)
+        log(f"[bench] models ready ({created_s:.0f} s)")
+        return
 
     bw0 = tool("bandwidth", threads)
     peak_line = tool("fma", threads)
