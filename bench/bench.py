@@ -8,7 +8,7 @@ into the page cache, the thread pool), then ./run measures, from its stats line:
   prefill: a prompt of P tokens (-n 1): prompt tokens / seconds of the prompt;
   decode: BOS then D+1 greedy tokens: D forward passes / their seconds (./run's line counts
           the D+1 tokens sampled; the bench divides the D forwards by the same time); the
-          best of --reps such runs (default 2: the dev VM shares its host).
+          best of --reps such runs (default 3: the dev VM shares its host).
 Prints, per run:
   BENCH model=<name>-<size> dtype=<t> threads=<n> prompt_tokens=<p> prefill_tok_s=<x> decode_tok_s=<y> weight_bytes=<b>
 then the machine's read bandwidth (bench/bandwidth, measured before and after, the best
@@ -190,7 +190,7 @@ def main():
     shapes = {s: REPO / d for s, (d, _, _) in SIZES.items()}
     prompt_override = decode_override = None
     l2c_dir, l2c_sizes, l2c_prompt = None, ["340M"], 64
-    reps, create_only = 2, False
+    reps, create_only = 3, False
     while args:
         a = args.pop(0)
         if a == "--threads":
