@@ -12,7 +12,7 @@ MODEL ?= models/shakespeare_gdn.bin
 PROMPT ?= ROMEO:
 PYTHON ?= python3
 
-.PHONY: run build test test-deps asan paper-shapes bench fuzz clean
+.PHONY: run build cuda test test-deps asan paper-shapes bench bench-cuda fuzz clean
 
 run: build
 	./run $(MODEL) -z tokenizer.bin -i "$(PROMPT)" -n 200 -t 0.8 -p 0.9
@@ -21,6 +21,18 @@ run: build
 build: run.c
 	$(CC) $(CFLAGS) -o run run.c $(LDLIBS)
 
+# make cuda: ./run with the GPU backend (run_cuda.cu) compiled in; `./run MODEL --device cuda`.
+# Needs nvcc and the CUDA runtime + cuBLAS; run.c alone still builds without them.
+NVCC ?= nvcc
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC) 2>/dev/null))
+CUDA_ARCH ?= -arch=sm_90
+CUDA_BIN ?= run
+cuda: run.c run_cuda.cu
+	$(CC) $(CFLAGS) -DUSE_CUDA -c -o $(CUDA_BIN).c.o run.c
+	$(NVCC) -O3 $(CUDA_ARCH) -c -o $(CUDA_BIN).cu.o run_cuda.cu
+	$(CC) -o $(CUDA_BIN) $(CUDA_BIN).c.o $(CUDA_BIN).cu.o -L$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++ $(LDLIBS)
+	rm -f $(CUDA_BIN).c.o $(CUDA_BIN).cu.o
+
 run_asan: run.c
 	$(CC) -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Wall -Wextra \
 	    -o $@ run.c $(LDLIBS)
@@ -28,8 +40,10 @@ run_asan: run.c
 test-deps:
 	$(PYTHON) -m pip install -q --disable-pip-version-check numpy safetensors tokenizers sentencepiece pytest
 
-# every test on the normal build, then the C-facing tests again under ASan + UBSan
+# every test on the normal build (and on a CUDA build, which CI can compile but not run on
+# a GPU: tests/test_cuda.py), then the C-facing tests again under ASan + UBSan
 test: test-deps build
+	$(MAKE) cuda CUDA_BIN=run_cuda_build
 	$(PYTHON) -m pytest -q tests
 	$(MAKE) asan
 
@@ -56,10 +70,14 @@ bench/fma: bench/fma.c
 bench: build test-deps bench/bandwidth bench/fma
 	$(PYTHON) bench/bench.py $(if $(LLAMA2C),--llama2c $(LLAMA2C)) $(BENCH_ARGS)
 
+# on the GPU machine, after `make cuda`: decode and prompt speed at the paper's shapes
+bench-cuda: test-deps
+	$(PYTHON) bench/bench_cuda.py
+
 # libFuzzer harnesses (clang): each runs FUZZ_SECONDS; results in tests/FUZZING.md
 FUZZ_SECONDS ?= 60
 fuzz:
 	tests/fuzz/run_fuzz.sh $(FUZZ_SECONDS)
 
 clean:
-	rm -f run run_asan bench/bandwidth bench/fma
+	rm -f run run_asan run_cuda_build bench/bandwidth bench/fma

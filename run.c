@@ -12,7 +12,9 @@
 
    Every number this file computes is checked against fla itself (tests/). */
 
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -111,9 +113,6 @@ typedef struct {
     uint8_t pad[8];
 } TensorEntry;                     // 128 bytes in the file
 
-_Static_assert(sizeof(Config) <= HEADER_BYTES, "header");
-_Static_assert(sizeof(TensorEntry) == 128, "tensor entry");
-
 // ----------------------------------------------------------------------------
 // Weights
 
@@ -154,6 +153,22 @@ typedef struct {
     const TensorEntry *table;
     uint64_t weight_bytes, n_params;
 } Model;
+
+// floats of recurrent state in one layer of a linear kind (the layout is in the run state below)
+static size_t linear_state_floats(const Config *c, int kind) {
+    switch (kind) {
+    case KIND_HGRN: return (size_t)c->lin_head_v_dim;
+    case KIND_GLA: return (size_t)c->lin_k_heads * c->lin_head_v_dim * c->lin_head_k_dim; // one per kv head
+    case KIND_HGRN2: case KIND_RETNET: return (size_t)c->lin_q_heads * c->lin_head_v_dim * c->lin_head_k_dim;
+    case KIND_DELTA_NET: case KIND_GATED_DELTANET: return (size_t)c->lin_v_heads * c->lin_head_v_dim * c->lin_head_k_dim;
+    default: return 0;
+    }
+}
+
+// run_cuda.cu includes the lines above for these types (HLA_TYPES_ONLY); the CPU program follows
+#ifndef HLA_TYPES_ONLY
+_Static_assert(sizeof(Config) <= HEADER_BYTES, "header");
+_Static_assert(sizeof(TensorEntry) == 128, "tensor entry");
 
 static int n_threads = 1;
 static int verbose = 0;     // --verbose: per-layer state norms after every forward
@@ -438,8 +453,12 @@ typedef struct {
     float *key_cache, *value_cache; // attention: [capacity][kv_dim], post-RoPE keys
 } LayerState;
 
+typedef struct Gpu Gpu;     // run_cuda.cu's state of the same sequence (--device cuda)
+
 typedef struct {
     LayerState *layers;
+    Gpu *gpu;               // non-NULL: forward() runs on the GPU (run_cuda.cu)
+    int max_batch;          // tokens per forward: MAX_BATCH, or the GPU's
     int pos;                // tokens seen so far
     int last_token;         // the last token fed (-1: none)
     int kv_capacity;        // rows of each attention layer's cache: the context, or window + MAX_BATCH
@@ -456,20 +475,12 @@ typedef struct {
 
 static size_t max3(size_t a, size_t b, size_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
-static size_t linear_state_floats(const Config *c, int kind) {
-    switch (kind) {
-    case KIND_HGRN: return (size_t)c->lin_head_v_dim;
-    case KIND_GLA: return (size_t)c->lin_k_heads * c->lin_head_v_dim * c->lin_head_k_dim; // one per kv head
-    case KIND_HGRN2: case KIND_RETNET: return (size_t)c->lin_q_heads * c->lin_head_v_dim * c->lin_head_k_dim;
-    case KIND_DELTA_NET: case KIND_GATED_DELTANET: return (size_t)c->lin_v_heads * c->lin_head_v_dim * c->lin_head_k_dim;
-    default: return 0;
-    }
-}
 
 static void alloc_run_state(RunState *s, const Model *m, int ctx) {
     const Config *c = &m->c;
     memset(s, 0, sizeof *s);
     s->ctx = ctx;
+    s->max_batch = MAX_BATCH;
     s->last_token = -1;
     s->kv_capacity = c->attn_window > 0 && c->attn_window + MAX_BATCH < ctx ? c->attn_window + MAX_BATCH : ctx;
     size_t B = MAX_BATCH;
@@ -502,9 +513,21 @@ static void alloc_run_state(RunState *s, const Model *m, int ctx) {
     }
 }
 
+#ifdef USE_CUDA
+/* run_cuda.cu (make cuda): the same forward pass on an NVIDIA GPU, chosen with --device cuda.
+   The GPU keeps its own copy of the weights, states and caches; forward() hands it the step. */
+Gpu *cuda_init(const Model *m, int ctx, int quiet);
+void cuda_forward(Gpu *g, const int *tokens, int T, int pos, int all_logits, float *logits);
+void cuda_reset(Gpu *g);
+int cuda_max_batch(void);
+#endif
+
 // back to an empty sequence: zero states, conv caches and position (KV rows are overwritten as they fill)
 static void reset_run_state(RunState *s, const Model *m) {
     const Config *c = &m->c;
+#ifdef USE_CUDA
+    if (s->gpu) cuda_reset(s->gpu);
+#endif
     for (int l = 0; l < c->n_layers; l++) {
         const LayerWeights *w = &m->layers[l];
         LayerState *ls = &s->layers[l];
@@ -1179,7 +1202,7 @@ static void print_state_norms(const Model *m, const RunState *s) {
 }
 
 // ----------------------------------------------------------------------------
-// Forward: T tokens at positions pos..pos+T-1 (T <= MAX_BATCH). Pre-norm blocks:
+// Forward: T tokens at positions pos..pos+T-1 (T <= s->max_batch). Pre-norm blocks:
 //   h = E[token];  per layer: h += mixer(RMSNorm(h));  h += MLP(RMSNorm(h))
 //   logits = W_lm RMSNorm(h)
 // Writes logits of the last token (or of all T if all_logits) to s->logits.
@@ -1187,6 +1210,14 @@ static void print_state_norms(const Model *m, const RunState *s) {
 static void forward(const Model *m, RunState *s, const int *tokens, int T, int all_logits) {
     const Config *c = &m->c;
     int D = c->dim, pos = s->pos;
+#ifdef USE_CUDA
+    if (s->gpu) {
+        cuda_forward(s->gpu, tokens, T, pos, all_logits, s->logits);
+        s->pos += T;
+        s->last_token = tokens[T - 1];
+        return;
+    }
+#endif
     for (int t = 0; t < T; t++) matrix_row(&m->embeddings, tokens[t], s->x + (size_t)t * D);
     for (int l = 0; l < c->n_layers; l++) {
         const LayerWeights *w = &m->layers[l];
@@ -1805,7 +1836,7 @@ static double now_seconds(void) {
 static void feed(const Model *m, RunState *s, const int *tokens, int n, int one_by_one, float *logits_out) {
     int V = m->c.vocab_size;
     for (int i = 0; i < n;) {
-        int T = one_by_one ? 1 : (n - i < MAX_BATCH ? n - i : MAX_BATCH);
+        int T = one_by_one ? 1 : (n - i < s->max_batch ? n - i : s->max_batch);
         if (s->pos + T > s->ctx)
             fatal("%s: the text needs %d positions but the context holds %d (raise --ctx; max_position_embeddings is %d)",
                   m->path, s->pos + T, s->ctx, m->c.max_pos);
@@ -1902,7 +1933,7 @@ static void perplexity(const Model *m, RunState *s, const Model *ref, RunState *
         reset_run_state(s, m);
         if (ref) reset_run_state(rs, ref);
         for (int i = 0; i < len - 1;) {        // feed tokens 0..len-2 of the window, in batches
-            int T = len - 1 - i < MAX_BATCH ? len - 1 - i : MAX_BATCH;
+            int T = len - 1 - i < s->max_batch ? len - 1 - i : s->max_batch;
             forward(m, s, tokens + w0 + i, T, 1);
             if (ref) forward(ref, rs, tokens + w0 + i, T, 1);
             for (int t = 0; t < T; t++) {
@@ -2087,6 +2118,7 @@ static void usage(void) {
             "  --min-p P      min-p (default 0)       --repeat-penalty R (default 1 = off)\n"
             "  -s SEED        random seed (default: time)\n"
             "  -T N           threads (default: number of CPUs)\n"
+            "  --device D     cpu (default) or cuda (a build made with `make cuda`)\n"
             "  --ctx N        context length for full-attention layers (default: max_position_embeddings)\n"
             "  --ppl FILE     perplexity of a text file, in windows of --ctx tokens\n"
             "  --kl-ref REF.bin  with --ppl: also the mean KL(REF || MODEL) of the next-token distributions\n"
@@ -2102,6 +2134,19 @@ static void usage(void) {
             "usage: run --tokenize -z tokenizer.bin (-i TEXT | -f FILE)\n"
             "usage: run --detokenize -z tokenizer.bin ID...\n");
     exit(1);
+}
+
+// --device cuda: this sequence's forward passes run on the GPU from here on
+static void use_gpu(RunState *s, const Model *m, int quiet) {
+#ifdef USE_CUDA
+    s->gpu = cuda_init(m, s->ctx, quiet);
+    s->max_batch = cuda_max_batch();
+    free(s->logits);
+    s->logits = xcalloc((size_t)s->max_batch * m->c.vocab_size, sizeof(float));
+#else
+    (void)s; (void)m; (void)quiet;
+    fatal("--device cuda: this run was built without CUDA (build it with `make cuda`)");
+#endif
 }
 
 static char *read_text_file(const char *path, size_t *n) {
@@ -2166,7 +2211,7 @@ int main(int argc, char **argv) {
     const char *model_path = NULL, *tok_path = "tokenizer.bin", *prompt = NULL, *token_list = NULL, *logits_path = NULL;
     const char *text_file = NULL, *ppl_file = NULL, *tokens_file = NULL, *kl_ref_path = NULL;
     const char *save_state_path = NULL, *load_state_path = NULL;
-    int steps = 256, one_by_one = 0, print_ids = 0, quiet = 0, info = 0, tokenize = 0, detokenize = 0, ctx = 0;
+    int steps = 256, one_by_one = 0, print_ids = 0, quiet = 0, info = 0, tokenize = 0, detokenize = 0, ctx = 0, gpu = 0;
     float temperature = 1.0f, topp = 0.9f, minp = 0.0f, repeat_penalty = 1.0f;
     int topk = 0;
     unsigned long long seed = 0;
@@ -2199,6 +2244,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--save-state")) save_state_path = NEXT();
         else if (!strcmp(a, "--load-state")) load_state_path = NEXT();
         else if (!strcmp(a, "--verbose")) verbose = 1;
+        else if (!strcmp(a, "--device")) {
+            const char *d = NEXT();
+            if (strcmp(d, "cpu") && strcmp(d, "cuda")) fatal("--device: unknown device '%s' (cpu or cuda)", d);
+            gpu = !strcmp(d, "cuda");
+        }
         else if (!strcmp(a, "--one-by-one")) one_by_one = 1;
         else if (!strcmp(a, "--ids")) print_ids = 1;
         else if (!strcmp(a, "--quiet")) quiet = 1;
@@ -2241,6 +2291,13 @@ int main(int argc, char **argv) {
     }
 
     if (!model_path) usage();
+    if (gpu) {
+#ifndef USE_CUDA
+        fatal("--device cuda: this run was built without CUDA (build it with `make cuda`)");
+#endif
+        if (save_state_path || load_state_path || verbose)
+            fatal("--save-state, --load-state and --verbose read the CPU's state: not available with --device cuda");
+    }
 #ifdef USE_OPENBLAS
     openblas_set_num_threads(n_threads);
 #endif
@@ -2302,17 +2359,20 @@ int main(int argc, char **argv) {
     RunState s;
     if (ppl_file || (tokens_file && !logits_path && steps == 0)) { // score the text in windows of --ctx tokens
         alloc_run_state(&s, &m, ctx);
+        if (gpu) use_gpu(&s, &m, quiet);
         Model ref;
         RunState ref_state;
         if (kl_ref_path) {
             load_model(&ref, kl_ref_path);
             if (ref.c.vocab_size != m.c.vocab_size) fatal("%s: vocab %d differs from %s's %d", kl_ref_path, ref.c.vocab_size, model_path, m.c.vocab_size);
             alloc_run_state(&ref_state, &ref, ctx);
+            if (gpu) use_gpu(&ref_state, &ref, quiet);
         }
         perplexity(&m, &s, kl_ref_path ? &ref : NULL, &ref_state, prompt_ids, n_prompt, ctx, text_bytes);
         return 0;
     }
     alloc_run_state(&s, &m, ctx);
+    if (gpu) use_gpu(&s, &m, quiet);
     if (load_state_path) load_state(&m, &s, load_state_path);
     if (save_state_path) { // the prompt first, then the state; generation (if any) continues from it
         if (n_prompt < 1) fatal("--save-state needs a prompt");
@@ -2331,3 +2391,4 @@ int main(int argc, char **argv) {
     return 0;
 }
 #endif // HLA_FUZZ
+#endif // HLA_TYPES_ONLY

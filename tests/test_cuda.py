@@ -1,0 +1,162 @@
+"""The CUDA backend (run_cuda.cu, `make cuda`).
+
+Everywhere (CI has no GPU): `make test` compiles and links a CUDA build (./run_cuda_build);
+its CPU path must give the CPU build's logits exactly, and --device cuda must fail cleanly
+where no GPU is visible; the CPU-only build must refuse --device cuda cleanly.
+
+On a machine with a GPU (HLA_RUN pointing at a `make cuda` build, as tests/cuda_device.sh
+does on the lent H100): every fla fixture through --device cuda, prompt path and
+--one-by-one, against fla with the CPU's bounds; greedy continuations equal to fla's; each
+weight dtype against fla's fp32 logits with a tolerance stated per dtype; and CPU against
+CUDA logits on random models of the paper's 340M shape.
+"""
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from conftest import FIXTURES, REPO, RUN, assert_clean_error, export, fixture_names, run_tool
+from test_fla_fixtures import TOL, expected, tolerance
+
+CUDA_BUILD = REPO / "run_cuda_build"
+HAS_GPU = shutil.which("nvidia-smi") is not None and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+gpu = pytest.mark.skipif(not HAS_GPU, reason="no GPU on this machine (run tests/cuda_device.sh on one)")
+
+# max |logit - fla fp32 logit| with --device cuda per weight dtype (the CPU's bounds, test_dtypes.py);
+# the prompt path multiplies 16-bit weights with activations rounded to the same 16-bit type on
+# the tensor cores, the one-token path with fp32 activations: how far apart the two may be
+PROMPT_VS_DECODE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 6e-2, "q8": 6e-2}
+DTYPE_TOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 1e-1, "q8": 2.5e-1}
+
+
+def logits(binary, model, tokens, tmp_path, *flags):
+    out = tmp_path / "logits.f32"
+    r = subprocess.run([str(binary), str(model), "--tokens", ",".join(map(str, tokens)), "--logits", str(out), *flags],
+                       capture_output=True, timeout=600)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    return np.fromfile(out, dtype=np.float32).reshape(len(tokens), -1)
+
+
+# ---------------------------------------------------------------------------- everywhere
+
+@pytest.mark.skipif(not CUDA_BUILD.exists(), reason="make test builds ./run_cuda_build first")
+def test_cuda_build_cpu_path_equals_cpu_build(exported, tmp_path):
+    e = expected("gated_deltanet_hybrid_6_1")
+    a = logits(RUN, exported("gated_deltanet_hybrid_6_1"), e["tokens_long"], tmp_path)
+    b = logits(CUDA_BUILD, exported("gated_deltanet_hybrid_6_1"), e["tokens_long"], tmp_path)
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.skipif(not CUDA_BUILD.exists(), reason="make test builds ./run_cuda_build first")
+def test_device_cuda_without_visible_gpu_fails_cleanly(exported):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run([str(CUDA_BUILD), str(exported("transformer")), "--tokens", "1,2,3", "-n", "2", "--device", "cuda"],
+                       capture_output=True, env=env, timeout=60)
+    assert_clean_error(r, "no CUDA device")
+
+
+@pytest.mark.skipif(HAS_GPU, reason="on the GPU machine HLA_RUN is a CUDA build")
+def test_cpu_build_refuses_device_cuda(exported):
+    r = run_tool(exported("transformer"), "--tokens", "1,2,3", "-n", "2", "--device", "cuda", check=False)
+    assert_clean_error(r, "make cuda")
+
+
+def test_unknown_device_is_a_clean_error(exported):
+    r = run_tool(exported("transformer"), "--tokens", "1,2,3", "--device", "tpu", check=False)
+    assert_clean_error(r, "tpu")
+
+
+# ---------------------------------------------------------------------------- on a GPU
+
+@gpu
+@pytest.mark.parametrize("name", fixture_names())
+@pytest.mark.parametrize("path", ["batched", "one_by_one"])
+def test_cuda_matches_fla(name, path, exported, tmp_path):
+    e = expected(name)
+    flags = ["--device", "cuda"] + (["--one-by-one"] if path == "one_by_one" else [])
+    ours = logits(RUN, exported(name), e["tokens_long"], tmp_path, *flags)
+    fla_gap = float(np.abs(e["logits_long_recurrent"] - e["logits_long_decode"]).max())
+    tol = tolerance(name) + (fla_gap if tolerance(name) > TOL else 0.0)
+    for ref in ("logits_long_decode", "logits_long_recurrent"):
+        diff = float(np.abs(ours - e[ref]).max())
+        print(f"cuda {name} {path} vs fla {ref}: max|diff| {diff:.2e} (bound {tol:.1e})")
+        assert diff <= tol, (ref, diff, tol)
+    short = logits(RUN, exported(name), e["tokens_short"], tmp_path, *flags)
+    diff = float(np.abs(short - e["logits_short"]).max())
+    print(f"cuda {name} {path} short prompt: max|diff| {diff:.2e}")
+    assert diff <= tolerance(name)
+
+
+@gpu
+@pytest.mark.parametrize("name", fixture_names())
+def test_cuda_greedy_continuation_equals_fla(name, exported):
+    e = expected(name)
+    r = run_tool(exported(name), "--tokens", ",".join(map(str, e["tokens_short"])), "-t", "0",
+                 "-n", len(e["greedy_ids"]), "--ids", "--quiet", "--device", "cuda")
+    assert [int(x) for x in r.stdout.split()] == e["greedy_ids"].tolist()
+
+
+@gpu
+@pytest.mark.parametrize("dtype", list(DTYPE_TOL))
+@pytest.mark.parametrize("name", ["gated_deltanet_gva", "gla_gqa_conv_clamp", "transformer", "hgrn2_pure", "retnet_pure"])
+def test_cuda_weight_dtype_against_fla_fp32(name, dtype, exported, tmp_path):
+    e = expected(name)
+    got = {}
+    for mode in ([], ["--one-by-one"]):
+        got[bool(mode)] = logits(RUN, exported(name, dtype), e["tokens_long"], tmp_path, "--device", "cuda", *mode)
+    for one_by_one, lg in got.items():
+        diff = float(np.abs(lg - e["logits_long_decode"]).max())
+        print(f"cuda {name} {dtype} {'one-by-one' if one_by_one else 'prompt'}: max|diff| from fla fp32 {diff:.2e}")
+        assert diff <= DTYPE_TOL[dtype]
+    gap = float(np.abs(got[False] - got[True]).max())
+    print(f"cuda {name} {dtype}: prompt vs one-by-one {gap:.2e}")
+    assert gap <= PROMPT_VS_DECODE[dtype]
+
+
+PAPER = REPO / "tests" / "paper_shapes"
+
+
+def random_paper_model(name, dtype, tmp_path):
+    """fla's 340M tensor shapes (tests/paper_shapes) filled with random numbers, exported."""
+    meta = json.loads((PAPER / name / "shapes.json").read_text())
+    rng = np.random.default_rng(1)
+    tensors = {}
+    for k, shape in meta["shapes"].items():
+        if k.endswith("norm.weight") or "norm_swish_gate" in k:
+            tensors[k] = np.ones(shape, np.float32)
+        elif k.endswith("A_log"):
+            tensors[k] = np.log(rng.uniform(1, 16, shape)).astype(np.float32)
+        else:
+            tensors[k] = (rng.standard_normal(shape, dtype=np.float32) * 0.02)
+    d = tmp_path / name
+    d.mkdir()
+    shutil.copy(PAPER / name / "config.json", d / "config.json")
+    save_file(tensors, str(d / "model.safetensors"))
+    out = tmp_path / f"{name}.{dtype}.bin"
+    export(d, out, "--dtype", dtype)
+    shutil.rmtree(d)
+    return out
+
+
+@gpu
+@pytest.mark.parametrize("name", ["transformer"] + [f"{k}_hybrid_6_1" for k in ("hgrn", "hgrn2", "gla", "retnet", "delta_net", "gated_deltanet")])
+def test_cpu_and_cuda_agree_at_paper_shape(name, tmp_path):
+    """every kind in the paper's 6:1 hybrid at 340M (the Transformer pure): with fp32 weights
+    both GPU paths equal the CPU to fp32 rounding; with bf16 weights the one-token path too,
+    while the prompt path rounds its activations to bf16 for the tensor cores (measured
+    and bounded here, relative to the largest logit)"""
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(3, 32000, 40).tolist()
+    for dtype in ("fp32", "bf16"):
+        model = random_paper_model(name, dtype, tmp_path)
+        cpu = logits(RUN, model, tokens, tmp_path)
+        for flags in ([], ["--one-by-one"]):
+            gpu_logits = logits(RUN, model, tokens, tmp_path, "--device", "cuda", *flags)
+            rel = float(np.abs(gpu_logits - cpu).max() / np.abs(cpu).max())
+            print(f"{name} {dtype} {'one-by-one' if flags else 'prompt'}: max|cuda - cpu| / max|cpu| = {rel:.2e}")
+            assert rel <= (2e-1 if dtype == "bf16" and not flags else 1e-4), rel
+        model.unlink()
