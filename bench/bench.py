@@ -216,6 +216,9 @@ def main():
             l2c_sizes = args.pop(0).split(",")
         elif a == "--llama2c-prompt":
             l2c_prompt = int(args.pop(0))
+        elif a in ("-h", "--help"):
+            print(__doc__)
+            return
         elif a.startswith("-"):
             raise SystemExit(f"error: unknown option {a}\n{__doc__}")
         else:
