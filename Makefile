@@ -55,8 +55,8 @@ asan: run_asan
 paper-shapes: build test-deps
 	$(PYTHON) tests/paper_shape_check.py
 
-# speed against the memory and FMA rooflines at the paper's 340M (and 1.3B, once its shapes are in
-# tests/paper_shapes_1.3B/) shapes, random weights cached in bench/models/ (~9 GB at 340M, ~27 GB at 1.3B);
+# speed against the memory and FMA rooflines at the paper's 340M and 1.3B shapes (tests/paper_shapes/,
+# tests/paper_shapes_1.3B/), random weights cached in bench/models/ (~9 GB at 340M, ~27 GB at 1.3B);
 # LLAMA2C=DIR also runs karpathy/llama2.c (a checkout outside this repo) on the same Transformer shape;
 # BENCH_ARGS: more options of bench/bench.py (e.g. --sizes 340M)
 LLAMA2C ?=
