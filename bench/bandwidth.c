@@ -9,15 +9,21 @@
    barrier) and the pass ends when the last one is done: bytes of all buffers / wall time.
    Passes: --reps (default 7), after one unmeasured pass; prints the best and the median.
 
-   usage: bandwidth [threads] [--mb MiB] [--reps R]
+   --file PATH: stream that file instead, mapped as ./run maps its weights (page cache, no
+   first touch, equal slices per thread): the rate reachable on a model file itself.
+
+   usage: bandwidth [threads] [--mb MiB] [--reps R] [--file PATH]
    prints: BANDWIDTH threads=<n> read_GB_s=<best> median_GB_s=<median> buffer_MB=<total> reps=<r> isa=<isa> */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -33,7 +39,7 @@
 typedef struct {
     float *p;
     size_t n;  // floats, a multiple of 128
-    int reps;
+    int reps, touch;
     double sum;
 } Worker;
 
@@ -92,7 +98,8 @@ static double read_all(const float *p, size_t n) {
 static void *worker(void *arg) {
     Worker *w = arg;
     // first touch by the thread that reads it (its NUMA node, where there are several)
-    for (size_t i = 0; i < w->n; i++) w->p[i] = (float)(i & 7);
+    if (w->touch)
+        for (size_t i = 0; i < w->n; i++) w->p[i] = (float)(i & 7);
     for (int r = 0; r < w->reps + 1; r++) {
         pthread_barrier_wait(&start_bar);
         w->sum += read_all(w->p, w->n);
@@ -109,8 +116,10 @@ static int cmp(const void *a, const void *b) {
 int main(int argc, char **argv) {
     int nt = 2, reps = 7;
     size_t mb = 2048;
+    const char *file = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--mb") && i + 1 < argc) mb = (size_t)atol(argv[++i]);
+        else if (!strcmp(argv[i], "--file") && i + 1 < argc) file = argv[++i];
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else nt = atoi(argv[i]);
     }
@@ -118,15 +127,33 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: bandwidth [threads 1..256] [--mb MiB] [--reps R]\n");
         return 1;
     }
-    size_t per = (mb << 20) / sizeof(float) / nt / 128 * 128;
+    float *map = NULL;
+    size_t map_bytes = 0;
+    if (file) {
+        int fd = open(file, O_RDONLY);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) != 0) { fprintf(stderr, "error: cannot open %s\n", file); return 1; }
+        map_bytes = (size_t)st.st_size;
+        map = mmap(NULL, map_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+        close(fd);
+        if (map == MAP_FAILED) { fprintf(stderr, "error: cannot map %s\n", file); return 1; }
+        mb = map_bytes >> 20;
+    }
+    size_t per = (file ? map_bytes : mb << 20) / sizeof(float) / nt / 128 * 128;
+    if (per == 0) { fprintf(stderr, "error: too little to read\n"); return 1; }
     Worker *w = calloc(nt, sizeof *w);
     pthread_t *th = calloc(nt, sizeof *th);
     pthread_barrier_init(&start_bar, NULL, nt + 1);
     pthread_barrier_init(&end_bar, NULL, nt + 1);
     for (int i = 0; i < nt; i++) {
-        w[i].p = aligned_alloc(2 << 20, per * sizeof(float));
-        if (!w[i].p) { fprintf(stderr, "error: cannot allocate %zu MiB\n", mb); return 1; }
-        madvise(w[i].p, per * sizeof(float), MADV_HUGEPAGE);  // fewer TLB misses, if THP allows
+        if (file) {
+            w[i].p = map + per * i;
+        } else {
+            w[i].p = aligned_alloc(2 << 20, per * sizeof(float));
+            if (!w[i].p) { fprintf(stderr, "error: cannot allocate %zu MiB\n", mb); return 1; }
+            madvise(w[i].p, per * sizeof(float), MADV_HUGEPAGE);  // fewer TLB misses, if THP allows
+            w[i].touch = 1;
+        }
         w[i].n = per;
         w[i].reps = reps;
         pthread_create(&th[i], NULL, worker, &w[i]);
@@ -140,9 +167,15 @@ int main(int argc, char **argv) {
         if (r > 0) gbs[r - 1] = per * nt * sizeof(float) / s / 1e9;
     }
     double total = 0;
-    for (int i = 0; i < nt; i++) { pthread_join(th[i], NULL); total += w[i].sum; free(w[i].p); }
+    for (int i = 0; i < nt; i++) {
+        pthread_join(th[i], NULL);
+        total += w[i].sum;
+        if (!file) free(w[i].p);
+    }
+    if (file) munmap(map, map_bytes);
     qsort(gbs, reps, sizeof *gbs, cmp);
-    printf("BANDWIDTH threads=%d read_GB_s=%.2f median_GB_s=%.2f buffer_MB=%zu reps=%d isa=%s (checksum %.0f)\n", nt,
-           gbs[reps - 1], gbs[reps / 2], per * nt * sizeof(float) >> 20, reps, ISA, total);
+    printf("BANDWIDTH threads=%d read_GB_s=%.2f median_GB_s=%.2f buffer_MB=%zu reps=%d isa=%s%s%s (checksum %.0f)\n", nt,
+           gbs[reps - 1], gbs[reps / 2], per * nt * sizeof(float) >> 20, reps, ISA, file ? " file=" : "",
+           file ? file : "", total);
     return 0;
 }
