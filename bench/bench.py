@@ -156,6 +156,8 @@ def ours(model, threads, tokens, steps):
     r = subprocess.run([str(REPO / "run"), str(model), "--tokens", ",".join(map(str, tokens)), "-n", str(steps),
                         "-t", "0", "--ids", "-T", str(threads)], capture_output=True, text=True, check=True)
     m = re.search(r"prompt: \d+ tokens, ([\d.]+) tok/s \| generated: (\d+) tokens, ([\d.]+) tok/s", r.stderr)
+    if not m:
+        raise SystemExit(f"error: no stats line from ./run {model}: {r.stderr[-300:]}")
     return float(m.group(1)), int(m.group(2)), float(m.group(3))
 
 
