@@ -55,12 +55,20 @@ asan: run_asan
 paper-shapes: build test-deps
 	$(PYTHON) tests/paper_shape_check.py
 
-# speed against the memory roofline at the paper's 340M shape (random weights; ~6 GB in bench/models/)
+# speed against the memory and FMA rooflines at the paper's 340M and 1.3B shapes (tests/paper_shapes/,
+# tests/paper_shapes_1.3B/), random weights cached in bench/models/ (~9 GB at 340M, ~27 GB at 1.3B);
+# LLAMA2C=DIR also runs karpathy/llama2.c (a checkout outside this repo) on the same Transformer shape;
+# BENCH_ARGS: more options of bench/bench.py (e.g. --sizes 340M)
+LLAMA2C ?=
+BENCH_ARGS ?=
 bench/bandwidth: bench/bandwidth.c
 	$(CC) -O2 -march=native -o $@ bench/bandwidth.c -lpthread
 
-bench: build test-deps bench/bandwidth
-	$(PYTHON) bench/bench.py
+bench/fma: bench/fma.c
+	$(CC) -O2 -march=native -o $@ bench/fma.c -lpthread
+
+bench: build test-deps bench/bandwidth bench/fma
+	$(PYTHON) bench/bench.py $(if $(LLAMA2C),--llama2c $(LLAMA2C)) $(BENCH_ARGS)
 
 # on the GPU machine, after `make cuda`: decode and prompt speed at the paper's shapes
 bench-cuda: test-deps
@@ -72,4 +80,4 @@ fuzz:
 	tests/fuzz/run_fuzz.sh $(FUZZ_SECONDS)
 
 clean:
-	rm -f run run_asan run_cuda_build bench/bandwidth
+	rm -f run run_asan run_cuda_build bench/bandwidth bench/fma

@@ -1,38 +1,68 @@
-"""make bench: decode and prefill speed at the paper's 340M shape against the memory roofline.
+"""make bench: prefill and decode speed at the paper's shapes, against the machine's rooflines.
 
-Random weights with fla's own tensor names and shapes (tests/paper_shapes/, recorded with
-fla's model classes) are written once per model into bench/models/ (git-ignored; about
-6 GB in all) and exported in each dtype. Each run warms up (the file into the page cache),
-then feeds a prompt and decodes greedily; the speeds come from ./run's stats line.
+For each size (340M: tests/paper_shapes/, 1.3B: tests/paper_shapes_1.3B/ when present; fla's
+own tensor names and shapes, recorded with its model classes), random weights are written
+once per model into bench/models/<size>/ (git-ignored) and exported in each dtype (the
+random safetensors are deleted once every dtype is exported). Each run warms up (the file
+into the page cache, the thread pool), then ./run measures, from its stats line:
+  prefill: a prompt of P tokens (-n 1): prompt tokens / seconds of the prompt;
+  decode: BOS then D+1 greedy tokens: D forward passes / their seconds (./run's line counts
+          the D+1 tokens sampled; the bench divides the D forwards by the same time); the
+          best of --reps such runs (default 3: the dev VM shares its host).
 Prints, per run:
-  BENCH model=<name> dtype=<t> threads=<n> prompt_tokens=<p> prefill_tok_s=<x> decode_tok_s=<y> weight_bytes=<b>
-then the machine's measured read bandwidth and the fraction of the decode roofline reached
-(roofline tokens/s = read bandwidth / bytes of weights read per token).
+  BENCH model=<name>-<size> dtype=<t> threads=<n> prompt_tokens=<p> prefill_tok_s=<x> decode_tok_s=<y> weight_bytes=<b>
+then the machine's read bandwidth (bench/bandwidth, measured before and after, the best
+used) and fp32 FMA peak (bench/fma), the fraction of each roofline reached:
+  decode: tokens/s x weight bytes one token reads (all but the embedding table) / bandwidth;
+  prefill: tokens/s x matrix FLOPs per prompt token (2 per weight, attention scores and
+           values at the mean position; not the recurrences) / FMA peak;
+and, with --llama2c DIR, karpathy/llama2.c's run (fp32, OpenMP) and runq (int8) on a
+random Transformer of the same shape (bench/llama2c.py), then the issue's ratios.
 
-Usage: python3 bench/bench.py [--threads N] [--prompt P] [--decode D] [model-substring ...]
+Usage: python3 bench/bench.py [--threads N] [--sizes 340M,1.3B] [--shapes SIZE=DIR]
+         [--prompt P] [--decode D] [--reps R] [--dtypes fp32,bf16,q8] [--llama2c DIR] [--llama2c-sizes 340M]
+         [--llama2c-prompt P] [--create-only] [model-substring ...]
+  --create-only: write the cached models (one-time: minutes per model at 1.3B) and exit
 """
+import hashlib
 import json
 import os
 import re
+import shutil
+import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import save_file
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+import export  # noqa: E402  (the .bin header layout)
+import llama2c  # noqa: E402
+
 WORK = REPO / "bench" / "models"
 MODELS = ["transformer", "gated_deltanet_hybrid_6_1", "hgrn2_hybrid_6_1"]
 DTYPES = ["fp32", "bf16", "q8"]
+# size: (shapes directory, prompt tokens for prefill, decode tokens)
+SIZES = {"340M": ("tests/paper_shapes", 512, 32), "1.3B": ("tests/paper_shapes_1.3B", 128, 16)}
+TARGETS = {"q8_vs_llama2c_fp32": 3.5, "bf16_vs_llama2c_fp32": 1.9, "fp32_vs_llama2c_fp32": 1.0,
+           "decode_roofline": 0.95, "prefill_fma_peak": 0.50}
+
+created_s = 0.0  # seconds spent writing random weights and exporting (one-time)
 
 
-def make_checkpoint(name):
-    d = WORK / name
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def make_checkpoint(shapes_dir, d):
     if (d / "model.safetensors").exists():
         return d
-    src = REPO / "tests" / "paper_shapes" / name
-    meta = json.loads((src / "shapes.json").read_text())
+    from safetensors.numpy import save_file
+    meta = json.loads((shapes_dir / "shapes.json").read_text())
     rng = np.random.default_rng(0)
     tensors = {}
     for k, shape in meta["shapes"].items():
@@ -43,66 +73,271 @@ def make_checkpoint(name):
         else:
             tensors[k] = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "config.json").write_text((src / "config.json").read_text())
+    (d / "config.json").write_text((shapes_dir / "config.json").read_text())
     save_file(tensors, str(d / "model.safetensors"))
     return d
 
 
-def exported(name, dtype):
-    out = WORK / f"{name}.{dtype}.bin"
-    if not out.exists():
-        subprocess.run([sys.executable, str(REPO / "export.py"), str(make_checkpoint(name)), str(out), "--dtype", dtype],
-                       check=True, capture_output=True)
+def source_key(shapes_dir):
+    """The recorded shapes a cached model was made from (a changed shapes.json remakes it)."""
+    h = hashlib.sha256()
+    for f in ["config.json", "shapes.json"]:
+        h.update((shapes_dir / f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def usable(model, key):
+    """A cached export is used if it was made from these shapes and ./run still reads it."""
+    stamp = model.with_suffix(".src")
+    return (model.exists() and stamp.exists() and stamp.read_text() == key and
+            subprocess.run([str(REPO / "run"), str(model), "--info"], capture_output=True).returncode == 0)
+
+
+def exported(size, shapes_dir, name, dtypes):
+    """The model's export in each dtype, made once; the random safetensors go once all exist."""
+    global created_s
+    d = WORK / size
+    key = source_key(shapes_dir / name)
+    out = {t: d / f"{name}.{t}.bin" for t in dtypes}
+    missing = [t for t in dtypes if not usable(out[t], key)]
+    if missing:
+        t0 = time.time()
+        log(f"[bench] creating {size} {name} ({', '.join(missing)}): random weights, then export.py")
+        stamp = d / name / "source_key"
+        if (d / name).exists() and not (stamp.exists() and stamp.read_text() == key):
+            shutil.rmtree(d / name)  # random weights of other shapes
+        ckpt = make_checkpoint(shapes_dir / name, d / name)
+        stamp.write_text(key)
+        for t in missing:
+            subprocess.run([sys.executable, str(REPO / "export.py"), str(ckpt), str(out[t]), "--dtype", t],
+                           check=True, capture_output=True)
+            out[t].with_suffix(".src").write_text(key)
+        created_s += time.time() - t0
+    if all(usable(d / f"{name}.{t}.bin", key) for t in DTYPES) and (d / name).exists():
+        shutil.rmtree(d / name)
     return out
 
 
-def run(model, threads, prompt, decode):
-    ids = ",".join(str(1 + (i * 7919) % 31999) for i in range(prompt))
-    r = subprocess.run([str(REPO / "run"), str(model), "--tokens", ids, "-n", str(decode), "-t", "0", "--ids",
-                        "-T", str(threads)], capture_output=True, text=True, check=True)
-    m = re.search(r"prompt: \d+ tokens, ([\d.]+) tok/s \| generated: \d+ tokens, ([\d.]+) tok/s", r.stderr)
-    return float(m.group(1)), float(m.group(2))
+def table(model):
+    """Header fields and tensor table of one of our .bin files."""
+    with open(model, "rb") as f:
+        head = f.read(export.HEADER_BYTES)
+        fmt = "<" + "".join(code for _, code in export.HEADER_FIELDS)
+        c = dict(zip([n for n, _ in export.HEADER_FIELDS], struct.unpack_from(fmt, head, 8)))
+        c["kinds"] = list(f.read(c["n_layers"]))
+        f.seek(export.HEADER_BYTES + (c["n_layers"] + 7) // 8 * 8)
+        tensors = {}
+        for _ in range(c["n_tensors"]):
+            name, dtype, ndim, *rest = struct.unpack("<64sII4QQQ8x", f.read(export.ENTRY_BYTES))
+            tensors[name.rstrip(b"\0").decode()] = dict(dtype=dtype, shape=rest[:ndim], nbytes=rest[5])
+    return c, tensors
 
 
-def weight_bytes(model):
-    info = subprocess.run([str(REPO / "run"), str(model), "--info"], capture_output=True, text=True, check=True).stdout
-    return int(round(float(re.search(r"weights ([\d.]+) MB", info).group(1)) * 1e6))
+def model_costs(model, prompt):
+    """weight bytes, bytes one decode step reads, matrix FLOPs per prompt token."""
+    c, t = table(model)
+    total = sum(x["nbytes"] for x in t.values())
+    emb = t["embeddings"]
+    per_token = total - (0 if c["tie"] else emb["nbytes"]) + emb["nbytes"] // emb["shape"][0]
+    flops = 0.0
+    for name, x in t.items():
+        if len(x["shape"]) == 2 and name not in ("embeddings", "lm_head"):
+            flops += 2.0 * x["shape"][0] * x["shape"][1]
+    V, D = c["vocab"], c["dim"]
+    flops += 2.0 * V * D / prompt  # the LM head, once per prompt
+    n_attn = sum(1 for k in c["kinds"] if k == export.KINDS["attention"])
+    window = c["attn_window"] or prompt
+    mean_ctx = sum(min(p + 1, window) for p in range(prompt)) / prompt
+    flops += n_attn * 4.0 * c["attn_heads"] * c["attn_head_dim"] * mean_ctx  # q.k and p.v
+    return total, per_token, flops
+
+
+def ours(model, threads, tokens, steps):
+    r = subprocess.run([str(REPO / "run"), str(model), "--tokens", ",".join(map(str, tokens)), "-n", str(steps),
+                        "-t", "0", "--ids", "-T", str(threads)], capture_output=True, text=True, check=True)
+    m = re.search(r"prompt: \d+ tokens, ([\d.]+) tok/s \| generated: (\d+) tokens, ([\d.]+) tok/s", r.stderr)
+    if not m:
+        raise SystemExit(f"error: no stats line from ./run {model}: {r.stderr[-300:]}")
+    return float(m.group(1)), int(m.group(2)), float(m.group(3))
+
+
+def measure(model, threads, prompt, decode, vocab, reps):
+    ours(model, threads, [1, 2, 3, 4], 2)  # warm-up: page cache, thread pool
+    ids = [1] + [2 + (i * 7919) % (vocab - 2) for i in range(prompt - 1)]
+    prefill = ours(model, threads, ids, 1)[0]
+    best = 0
+    for _ in range(reps):
+        _, gen, rate = ours(model, threads, [1], decode + 1)
+        best = max(best, rate * (gen - 1) / gen)  # gen sampled tokens in that time, gen - 1 forward passes
+    return prefill, best
+
+
+def tool(name, threads):
+    out = subprocess.run([str(REPO / "bench" / name), str(threads)], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    return out
+
+
+def bench_line(model, dtype, threads, prompt, prefill, decode, wbytes):
+    print(f"BENCH model={model} dtype={dtype} threads={threads} prompt_tokens={prompt} prefill_tok_s={prefill:.1f} "
+          f"decode_tok_s={decode:.2f} weight_bytes={wbytes}", flush=True)
 
 
 def main():
+    global created_s
+    t_start = time.time()
     args = sys.argv[1:]
-    threads, prompt, decode = os.cpu_count() or 1, 256, 32
-    only = []
+    threads = os.cpu_count() or 1
+    sizes, dtypes, only = list(SIZES), list(DTYPES), []
+    shapes = {s: REPO / d for s, (d, _, _) in SIZES.items()}
+    prompt_override = decode_override = None
+    l2c_dir, l2c_sizes, l2c_prompt = None, ["340M"], 64
+    reps, create_only = 3, False
     while args:
         a = args.pop(0)
         if a == "--threads":
             threads = int(args.pop(0))
+        elif a == "--sizes":
+            sizes = args.pop(0).split(",")
+        elif a == "--shapes":
+            s, d = args.pop(0).split("=", 1)
+            shapes[s] = Path(d).resolve()
         elif a == "--prompt":
-            prompt = int(args.pop(0))
+            prompt_override = int(args.pop(0))
         elif a == "--decode":
-            decode = int(args.pop(0))
+            decode_override = int(args.pop(0))
+        elif a == "--create-only":
+            create_only = True
+        elif a == "--reps":
+            reps = int(args.pop(0))
+        elif a == "--dtypes":
+            dtypes = args.pop(0).split(",")
+        elif a == "--llama2c":
+            l2c_dir = Path(args.pop(0)).resolve()
+        elif a == "--llama2c-sizes":
+            l2c_sizes = args.pop(0).split(",")
+        elif a == "--llama2c-prompt":
+            l2c_prompt = int(args.pop(0))
+        elif a in ("-h", "--help"):
+            print(__doc__)
+            return
+        elif a.startswith("-"):
+            raise SystemExit(f"error: unknown option {a}\n{__doc__}")
         else:
             only.append(a)
-    bw = subprocess.run([str(REPO / "bench" / "bandwidth"), str(threads)], capture_output=True, text=True,
-                        check=True).stdout.strip()
-    read_gbs = float(re.search(r"read_GB_s=([\d.]+)", bw).group(1))
-    rows = []
-    for name in MODELS:
-        if only and not any(s in name for s in only):
+    for s in sizes:
+        if s not in shapes:
+            raise SystemExit(f"error: unknown size {s} (give its shapes with --shapes {s}=DIR)")
+    if l2c_dir:
+        llama2c.build(l2c_dir)
+    if create_only:  # make the cached models (one-time, slow), measure nothing
+        for size in sizes:
+            for name in MODELS:
+                if (shapes[size] / name).is_dir() and (not only or any(s in name for s in only)):
+                    exported(size, shapes[size], name, dtypes)
+        log(f"[bench] models ready ({created_s:.0f} s)")
+        return
+
+    bw0 = tool("bandwidth", threads)
+    peak_line = tool("fma", threads)
+    print(bw0, flush=True)
+    print(peak_line, flush=True)
+    peak = float(re.search(r"fma_gflops=([\d.]+)", peak_line).group(1))
+
+    rows, l2c_rows = [], []
+    for size in sizes:
+        sdir = shapes[size]
+        if not sdir.is_dir():
+            log(f"[bench] {size}: no shapes in {sdir}: skipped")
             continue
-        for dtype in DTYPES:
-            model = exported(name, dtype)
-            run(model, threads, 8, 2)  # warm-up: page cache, thread pool
-            pre, dec = run(model, threads, prompt, decode)
-            wb = weight_bytes(model)
-            print(f"BENCH model={name}-340M dtype={dtype} threads={threads} prompt_tokens={prompt} "
-                  f"prefill_tok_s={pre:.1f} decode_tok_s={dec:.2f} weight_bytes={wb}", flush=True)
-            rows.append((name, dtype, dec, wb))
-    print(bw)
-    for name, dtype, dec, wb in rows:
-        roof = read_gbs * 1e9 / wb
-        print(f"ROOFLINE model={name}-340M dtype={dtype} decode_tok_s={dec:.2f} roofline_tok_s={roof:.2f} "
-              f"fraction={dec / roof:.2f}")
+        _, prompt, decode = SIZES.get(size, (None, 128, 16))
+        prompt = prompt_override or prompt
+        decode = decode_override or decode
+        for name in MODELS:
+            if only and not any(s in name for s in only):
+                continue
+            if not (sdir / name).is_dir():
+                log(f"[bench] {size}: no {name} in {sdir}: skipped")
+                continue
+            models = exported(size, sdir, name, dtypes)
+            for dtype in dtypes:
+                model = models[dtype]
+                total, per_token, flops = model_costs(model, prompt)
+                vocab = table(model)[0]["vocab"]
+                pre, dec = measure(model, threads, prompt, decode, vocab, reps)
+                bench_line(f"{name}-{size}", dtype, threads, prompt, pre, dec, total)
+                rows.append(dict(size=size, name=name, dtype=dtype, prompt=prompt, prefill=pre, decode=dec,
+                                 per_token=per_token, flops=flops))
+        if l2c_dir and size in l2c_sizes and (sdir / "transformer").is_dir():
+            c = llama2c.config_from_shapes(sdir / "transformer")
+            for prog, version, dtype in [("run", 0, "fp32"), ("runq", 2, "q8")]:
+                ckpt = WORK / size / f"llama2c-transformer.{dtype}.bin"
+                if not ckpt.exists() or ckpt.stat().st_size != llama2c.file_bytes(c, version):
+                    t0 = time.time()
+                    log(f"[bench] creating {ckpt.name}")
+                    ckpt.parent.mkdir(parents=True, exist_ok=True)
+                    (llama2c.write_v0 if version == 0 else llama2c.write_v2)(ckpt, c)
+                    created_s += time.time() - t0
+                llama2c.achieved(l2c_dir, prog, ckpt, threads, 3)  # warm-up
+                digits = "".join(str(i % 10) for i in range(l2c_prompt + 16))  # one token per digit
+                pre = llama2c.achieved(l2c_dir, prog, ckpt, threads, l2c_prompt, digits)
+                dec = max(llama2c.achieved(l2c_dir, prog, ckpt, threads, decode + 1) for _ in range(reps))
+                bench_line(f"llama2c-{prog}-{size}", dtype, threads, l2c_prompt, pre, dec,
+                           llama2c.weight_bytes(c, version))
+                l2c_rows.append(dict(size=size, prog=prog, dtype=dtype, prefill=pre, decode=dec,
+                                     per_token=llama2c.read_bytes_per_token(c, version)))
+
+    bw1 = tool("bandwidth", threads)
+    print(bw1, flush=True)
+    gbs = max(float(re.search(r"read_GB_s=([\d.]+)", b).group(1)) for b in (bw0, bw1))
+    print(f"ROOFLINE read_GB_s={gbs:.2f} (best of the two measurements) fma_gflops={peak:.1f}")
+    for r in rows:
+        roof = gbs * 1e9 / r["per_token"]
+        gflops = r["prefill"] * r["flops"] / 1e9
+        r["roof_frac"], r["peak_frac"] = r["decode"] / roof, gflops / peak
+        print(f"ROOFLINE model={r['name']}-{r['size']} dtype={r['dtype']} decode_tok_s={r['decode']:.2f} "
+              f"read_bytes_per_token={r['per_token']} roofline_tok_s={roof:.2f} decode_fraction={r['roof_frac']:.2f} "
+              f"prefill_gflop_s={gflops:.1f} prefill_fraction_of_fma_peak={r['peak_frac']:.3f}")
+    for r in l2c_rows:
+        roof = gbs * 1e9 / r["per_token"]
+        print(f"ROOFLINE model=llama2c-{r['prog']}-{r['size']} dtype={r['dtype']} decode_tok_s={r['decode']:.2f} "
+              f"read_bytes_per_token={r['per_token']} roofline_tok_s={roof:.2f} decode_fraction={r['decode'] / roof:.2f}"
+              f" achieved_GB_s={r['decode'] * r['per_token'] / 1e9:.1f}")
+
+    def summary(key, value, detail):
+        target = TARGETS.get(key)
+        met = "" if target is None else f" target={target} met={'yes' if value >= target else 'no'}"
+        print(f"SUMMARY {key}={value:.3f}{met} ({detail})")
+
+    for size in sizes:
+        ref = {r["dtype"]: r for r in l2c_rows if r["size"] == size}
+        mine = {r["dtype"]: r for r in rows if r["size"] == size and r["name"] == "transformer"}
+        if "fp32" in ref:
+            base = ref["fp32"]["decode"]
+            for dtype in ["q8", "bf16", "fp32"]:
+                if dtype in mine:
+                    summary(f"{dtype}_vs_llama2c_fp32", mine[dtype]["decode"] / base,
+                            f"{size} Transformer decode: ours {dtype} {mine[dtype]['decode']:.2f} tok/s, "
+                            f"llama2.c run fp32 {base:.2f} tok/s")
+        if "q8" in ref and "q8" in mine:
+            summary("q8_vs_llama2c_runq", mine["q8"]["decode"] / ref["q8"]["decode"],
+                    f"{size} Transformer decode: ours q8 {mine['q8']['decode']:.2f} tok/s, "
+                    f"llama2.c runq {ref['q8']['decode']:.2f} tok/s")
+        srows = [r for r in rows if r["size"] == size]
+        if srows:
+            worst = min(srows, key=lambda r: r["roof_frac"])
+            best = max(srows, key=lambda r: r["roof_frac"])
+            summary("decode_roofline", worst["roof_frac"],
+                    f"{size}, lowest: {worst['name']} {worst['dtype']}; highest {best['roof_frac']:.2f}: "
+                    f"{best['name']} {best['dtype']}; bandwidth {gbs:.1f} GB/s")
+        if size == "340M" and "fp32" in mine:
+            r = mine["fp32"]
+            summary("prefill_fma_peak", r["peak_frac"],
+                    f"340M Transformer fp32, {r['prompt']}-token prompt: {r['prefill']:.1f} tok/s x "
+                    f"{r['flops'] / 1e9:.3f} GFLOP/token = {r['prefill'] * r['flops'] / 1e9:.1f} GFLOP/s of "
+                    f"{peak:.1f} peak")
+    total = time.time() - t_start
+    print(f"BENCH_TIME total_s={total:.0f} model_creation_s={created_s:.0f} measuring_s={total - created_s:.0f}")
 
 
 if __name__ == "__main__":
