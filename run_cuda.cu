@@ -180,7 +180,7 @@ template <int DTYPE> __device__ static float chunk_dot(int4 v, const float *x) {
    flight: the first ones are requested before the prologue, so the weights are on their way
    while x is normalised; each later batch is requested before the previous one is used. */
 #define GEMV_WARPS 8
-#define GEMV_UNROLL 8
+#define GEMV_UNROLL 4
 template <int DTYPE> struct RowStream {
     static constexpr int PER_CHUNK = DTYPE == DTYPE_F32 ? 4 : DTYPE == DTYPE_Q8 ? 16 : 8;
     const int4 *row;
