@@ -599,10 +599,13 @@ static float dot(const float *a, const float *b, int n) {
 }
 
 /* The same dot products, with a weight row still in its file dtype: the plain loops,
-   and AVX2/FMA versions next to them (chosen at build time; -march=native picks them up).
+   and AVX2/FMA and AVX-512 versions next to them (chosen at build time; -march=native
+   picks the widest the machine has).
    x86 AVX2 reads 8 weights at a time and widens them to fp32 in registers. */
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__) // (AVX-512 builds use the kernels below)
 static float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -677,11 +680,69 @@ static float dot_q8(const int8_t *w, const float *scales, const float *x, int n)
 }
 #endif
 
+/* AVX-512 (where the build targets it, e.g. -march=native on a recent Xeon): the same
+   kernels 16 weights at a time; a decoded token's bf16/fp16/q8 dots are bound by the
+   widening arithmetic on 2 cores, not by memory, so twice the width is worth it. */
+#ifdef __AVX512F__
+#define SIMD_AVX512 1
+static float dot_simd512(const float *a, const float *b, int n) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
+        acc2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), acc2);
+        acc3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), acc3);
+    }
+    for (; i + 16 <= n; i += 16) acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+// bf16 and fp16 rows: 16 weights widened to fp32 per step (bf16: a 16-bit shift; fp16: vcvtph2ps)
+#define DOT16_512(name, WIDEN, scalar)                                                                   \
+    static float name(const uint16_t *w, const float *x, int n) {                                     \
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;                     \
+        int i = 0;                                                                                     \
+        for (; i + 64 <= n; i += 64) {                                                                 \
+            acc0 = _mm512_fmadd_ps(WIDEN(w + i), _mm512_loadu_ps(x + i), acc0);                        \
+            acc1 = _mm512_fmadd_ps(WIDEN(w + i + 16), _mm512_loadu_ps(x + i + 16), acc1);              \
+            acc2 = _mm512_fmadd_ps(WIDEN(w + i + 32), _mm512_loadu_ps(x + i + 32), acc2);              \
+            acc3 = _mm512_fmadd_ps(WIDEN(w + i + 48), _mm512_loadu_ps(x + i + 48), acc3);              \
+        }                                                                                              \
+        for (; i + 16 <= n; i += 16) acc0 = _mm512_fmadd_ps(WIDEN(w + i), _mm512_loadu_ps(x + i), acc0); \
+        float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3))); \
+        for (; i < n; i++) s += scalar(w[i]) * x[i];                                                   \
+        return s;                                                                                      \
+    }
+#define BF16X16(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
+#define F16X16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+DOT16_512(dot_bf16_512, BF16X16, bf16_to_f32)
+DOT16_512(dot_f16_512, F16X16, f16_to_f32)
+static float dot_q8_512(const int8_t *w, const float *scales, const float *x, int n) { // n % 64 == 0
+    __m512 total = _mm512_setzero_ps();
+    for (int g = 0; g < n; g += Q8_GROUP) { // a group: 4 x 16 weights, then its scale
+        __m512 acc[4];
+        for (int k = 0; k < 4; k++)
+            acc[k] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + g + 16 * k)))),
+                                   _mm512_loadu_ps(x + g + 16 * k));
+        __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        total = _mm512_fmadd_ps(sum, _mm512_set1_ps(scales[g / Q8_GROUP]), total);
+    }
+    return _mm512_reduce_add_ps(total);
+}
+#endif
+
 // one weight row times one token, without converting the row first
 static float dot_row(const Matrix *w, int r, const float *x) {
     size_t base = (size_t)r * w->cols;
     switch (w->dtype) {
-#ifdef SIMD_DOT
+#ifdef SIMD_AVX512
+    case DTYPE_F32: return dot_simd512((const float *)w->data + base, x, w->cols);
+    case DTYPE_BF16: return dot_bf16_512((const uint16_t *)w->data + base, x, w->cols);
+    case DTYPE_F16: return dot_f16_512((const uint16_t *)w->data + base, x, w->cols);
+    case DTYPE_Q8: return dot_q8_512((const int8_t *)w->data + base, w->scales + base / Q8_GROUP, x, w->cols);
+#elif defined(SIMD_DOT)
     case DTYPE_F32: return dot_simd((const float *)w->data + base, x, w->cols);
     case DTYPE_BF16: return dot_bf16((const uint16_t *)w->data + base, x, w->cols);
     case DTYPE_Q8: return dot_q8((const int8_t *)w->data + base, w->scales + base / Q8_GROUP, x, w->cols);
@@ -708,53 +769,97 @@ static float dot_row(const Matrix *w, int r, const float *x) {
 }
 
 /* A small pool of worker threads, started once: run_parallel(fn, arg) calls
-   fn(arg, i, n) on n threads (the caller is thread 0) and returns when all are done. */
+   fn(arg, i, n) on n threads (the caller is thread 0) and returns when all are done.
+   A token makes ~200 such calls, so waking the workers must cost microseconds, not a
+   system call each: they spin on a generation counter for a while (about a millisecond),
+   and only then sleep on a condition variable. */
+#include <stdatomic.h>
+#define POOL_SPINS 200000
 typedef void (*ParallelFn)(void *arg, int thread, int n_threads);
 static struct {
     pthread_t threads[64];
     int started;
     pthread_mutex_t mu;
-    pthread_cond_t start, done;
+    pthread_cond_t start;
     ParallelFn fn;
     void *arg;
-    unsigned long generation;
-    int pending;
-} pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .start = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER};
+    atomic_ulong generation;
+    atomic_int pending;
+} pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .start = PTHREAD_COND_INITIALIZER};
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
 
 static void *pool_worker(void *arg) {
     int id = (int)(intptr_t)arg;
-    unsigned long seen = 0;
+    unsigned long seen = 0, g;
     for (;;) {
-        pthread_mutex_lock(&pool.mu);
-        while (pool.generation == seen) pthread_cond_wait(&pool.start, &pool.mu);
-        seen = pool.generation;
-        ParallelFn fn = pool.fn;
-        void *fa = pool.arg;
-        pthread_mutex_unlock(&pool.mu);
-        fn(fa, id, n_threads);
-        pthread_mutex_lock(&pool.mu);
-        if (--pool.pending == 0) pthread_cond_signal(&pool.done);
-        pthread_mutex_unlock(&pool.mu);
+        for (long spins = 0; (g = atomic_load_explicit(&pool.generation, memory_order_acquire)) == seen; spins++) {
+            if (spins < POOL_SPINS) { cpu_relax(); continue; }
+            pthread_mutex_lock(&pool.mu);
+            while (atomic_load(&pool.generation) == seen) pthread_cond_wait(&pool.start, &pool.mu);
+            pthread_mutex_unlock(&pool.mu);
+        }
+        seen = g;
+        pool.fn(pool.arg, id, n_threads);
+        atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
     }
     return NULL;
 }
 
 static void run_parallel(ParallelFn fn, void *arg) {
     if (n_threads <= 1) { fn(arg, 0, 1); return; }
-    pthread_mutex_lock(&pool.mu);
     for (; pool.started < n_threads - 1; pool.started++)
         if (pthread_create(&pool.threads[pool.started], NULL, pool_worker, (void *)(intptr_t)(pool.started + 1)) != 0)
             fatal("cannot start thread %d", pool.started + 1);
     pool.fn = fn;
     pool.arg = arg;
-    pool.pending = n_threads - 1;
-    pool.generation++;
+    atomic_store_explicit(&pool.pending, n_threads - 1, memory_order_relaxed);
+    pthread_mutex_lock(&pool.mu); // also wakes the workers that went to sleep
+    atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
     pthread_cond_broadcast(&pool.start);
     pthread_mutex_unlock(&pool.mu);
     fn(arg, 0, n_threads);
-    pthread_mutex_lock(&pool.mu);
-    while (pool.pending > 0) pthread_cond_wait(&pool.done, &pool.mu);
-    pthread_mutex_unlock(&pool.mu);
+    while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) cpu_relax();
+}
+
+/* 16 dot products at once: sums[i][k] = w[i] . x[k] for 4 rows and 4 tokens. Each
+   weight vector loaded is used 4 times and each x vector 4 times, so the FMA units, not
+   the loads, set the pace (a prompt's matrix products are bound by arithmetic). Written
+   with GCC/Clang vector types: one vfloat is one AVX-512, AVX2 or NEON register (or a
+   few), whichever the build targets; the compiler writes the SIMD code. */
+#if defined(__AVX512F__)
+#define VEC_FLOATS 16
+#elif defined(__AVX__)
+#define VEC_FLOATS 8
+#else
+#define VEC_FLOATS 4 // SSE2, NEON
+#endif
+typedef float vfloat __attribute__((vector_size(VEC_FLOATS * sizeof(float))));
+static vfloat vload(const float *p) { vfloat v; memcpy(&v, p, sizeof v); return v; }
+
+static void dot_4x4(const float *const w[4], const float *const x[4], int n, float sums[4][4]) {
+    vfloat acc[4][4] = {{{0}}};
+    int c = 0;
+    for (; c + VEC_FLOATS <= n; c += VEC_FLOATS) {
+        vfloat xv[4] = {vload(x[0] + c), vload(x[1] + c), vload(x[2] + c), vload(x[3] + c)};
+        for (int i = 0; i < 4; i++) {
+            vfloat wv = vload(w[i] + c);
+            for (int k = 0; k < 4; k++) acc[i][k] += wv * xv[k];
+        }
+    }
+    for (int i = 0; i < 4; i++)
+        for (int k = 0; k < 4; k++) {
+            float s = 0.0f;
+            for (int e = 0; e < VEC_FLOATS; e++) s += acc[i][k][e];
+            for (int cc = c; cc < n; cc++) s += w[i][cc] * x[k][cc];
+            sums[i][k] = s;
+        }
 }
 
 /* matmul: out[t][r] = sum_j W[r][j] * x[t][j] for T tokens. THE hot spot: nearly all
@@ -771,19 +876,31 @@ static void matmul_rows(void *arg, int thread, int nt) {
         for (int r = r0; r < r1; r++) j->out[r] = dot_row(w, r, j->x);
         return;
     }
-    float *row = w->dtype == DTYPE_F32 ? NULL : malloc(sizeof(float) * w->cols);
-    if (w->dtype != DTYPE_F32 && !row) fatal("out of memory");
-    for (int r = r0; r < r1; r++) {
-        const float *wr = (const float *)w->data + (size_t)r * w->cols;
-        if (row) { matrix_row(w, r, row); wr = row; }
-        for (int t = 0; t < j->T; t++)
-#ifdef SIMD_DOT
-            j->out[(size_t)t * w->rows + r] = dot_simd(wr, j->x + (size_t)t * w->cols, w->cols);
-#else
-            j->out[(size_t)t * w->rows + r] = dot(wr, j->x + (size_t)t * w->cols, w->cols);
-#endif
+    // a prompt batch: 4 rows (as fp32) x 4 tokens at a time, 16 running sums in registers
+    float *rows = w->dtype == DTYPE_F32 ? NULL : malloc(sizeof(float) * 4 * w->cols);
+    if (w->dtype != DTYPE_F32 && !rows) fatal("out of memory");
+    for (int r = r0; r < r1; r += 4) {
+        int nr = r1 - r < 4 ? r1 - r : 4;
+        const float *wr[4];
+        for (int i = 0; i < 4; i++) {
+            int ri = r + (i < nr ? i : nr - 1); // past the end: repeat the last row, results dropped
+            wr[i] = (const float *)w->data + (size_t)ri * w->cols;
+            if (rows) {
+                if (i < nr) matrix_row(w, ri, rows + (size_t)i * w->cols);
+                wr[i] = rows + (size_t)(i < nr ? i : nr - 1) * w->cols;
+            }
+        }
+        for (int t = 0; t < j->T; t += 4) {
+            int nt = j->T - t < 4 ? j->T - t : 4;
+            const float *xt[4];
+            for (int k = 0; k < 4; k++) xt[k] = j->x + (size_t)(t + (k < nt ? k : nt - 1)) * w->cols;
+            float sums[4][4];
+            dot_4x4(wr, xt, w->cols, sums);
+            for (int k = 0; k < nt; k++)
+                for (int i = 0; i < nr; i++) j->out[(size_t)(t + k) * w->rows + r + i] = sums[i][k];
+        }
     }
-    free(row);
+    free(rows);
 }
 
 #ifdef USE_OPENBLAS
