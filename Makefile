@@ -12,7 +12,7 @@ MODEL ?= models/shakespeare_gdn.bin
 PROMPT ?= ROMEO:
 PYTHON ?= python3
 
-.PHONY: run build cuda test test-deps asan paper-shapes bench bench-cuda fuzz clean
+.PHONY: run build cuda test-neon test test-deps asan paper-shapes bench bench-cuda fuzz clean
 
 run: build
 	./run $(MODEL) -z tokenizer.bin -i "$(PROMPT)" -n 200 -t 0.8 -p 0.9
@@ -41,11 +41,14 @@ test-deps:
 	$(PYTHON) -m pip install -q --disable-pip-version-check numpy safetensors tokenizers sentencepiece pytest
 
 # every test on the normal build (and on a CUDA build, which CI can compile but not run on
-# a GPU: tests/test_cuda.py), then the C-facing tests again under ASan + UBSan
+# a GPU: tests/test_cuda.py), then the C-facing tests again under ASan + UBSan, then the fla
+# fixtures through an aarch64 (NEON) build under qemu where the cross tools are installed
 test: test-deps build
 	$(MAKE) cuda CUDA_BIN=run_cuda_build
 	$(PYTHON) -m pytest -q tests
 	$(MAKE) asan
+	@if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then $(MAKE) test-neon; \
+	else echo "test-neon skipped (no aarch64 cross compiler / qemu: apt-get install gcc-aarch64-linux-gnu qemu-user)"; fi
 
 asan: run_asan
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 HLA_RUN=$(CURDIR)/run_asan \
@@ -70,6 +73,13 @@ bench/fma: bench/fma.c
 bench: build test-deps bench/bandwidth bench/fma
 	$(PYTHON) bench/bench.py $(if $(LLAMA2C),--llama2c $(LLAMA2C)) $(BENCH_ARGS)
 
+# the NEON kernels, on an x86 machine: an aarch64 build run through qemu against the fla fixtures
+# (apt-get install gcc-aarch64-linux-gnu qemu-user)
+test-neon: test-deps
+	aarch64-linux-gnu-gcc -O3 -march=armv8.2-a+fp16 -static -Wall -Wextra -o run_arm64 run.c $(LDLIBS)
+	printf '#!/bin/sh\nexec qemu-aarch64 $(CURDIR)/run_arm64 "$$@"\n' > run_arm64.sh && chmod +x run_arm64.sh
+	HLA_RUN=$(CURDIR)/run_arm64.sh $(PYTHON) -m pytest -q tests/test_fla_fixtures.py tests/test_dtypes.py
+
 # on the GPU machine, after `make cuda`: decode and prompt speed at the paper's shapes
 bench-cuda: test-deps
 	$(PYTHON) bench/bench_cuda.py
@@ -80,4 +90,4 @@ fuzz:
 	tests/fuzz/run_fuzz.sh $(FUZZ_SECONDS)
 
 clean:
-	rm -f run run_asan run_cuda_build bench/bandwidth bench/fma
+	rm -f run run_asan run_cuda_build run_arm64 run_arm64.sh bench/bandwidth bench/fma

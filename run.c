@@ -733,6 +733,65 @@ static float dot_q8_512(const int8_t *w, const float *scales, const float *x, in
 }
 #endif
 
+/* NEON (aarch64): the same kernels, 4 lanes per register, 16 weights per step. */
+#if defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define SIMD_NEON 1
+static float dot_neon(const float *a, const float *b, int n) {
+    float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        acc0 = vfmaq_f32(acc0, vld1q_f32(a + i), vld1q_f32(b + i));
+        acc1 = vfmaq_f32(acc1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+        acc2 = vfmaq_f32(acc2, vld1q_f32(a + i + 8), vld1q_f32(b + i + 8));
+        acc3 = vfmaq_f32(acc3, vld1q_f32(a + i + 12), vld1q_f32(b + i + 12));
+    }
+    for (; i + 4 <= n; i += 4) acc0 = vfmaq_f32(acc0, vld1q_f32(a + i), vld1q_f32(b + i));
+    float s = vaddvq_f32(vaddq_f32(vaddq_f32(acc0, acc1), vaddq_f32(acc2, acc3)));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+// 8 bf16 / fp16 weights per load, widened to two fp32 registers (bf16: a 16-bit shift left)
+static float dot_16bit_neon(const uint16_t *w, const float *x, int n, int is_bf16) {
+    float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint16x8_t h = vld1q_u16(w + i);
+        float32x4_t lo, hi;
+        if (is_bf16) {
+            lo = vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(h), 16));
+            hi = vreinterpretq_f32_u32(vshll_high_n_u16(h, 16));
+        } else {
+            float16x8_t f = vreinterpretq_f16_u16(h);
+            lo = vcvt_f32_f16(vget_low_f16(f));
+            hi = vcvt_high_f32_f16(f);
+        }
+        acc0 = vfmaq_f32(acc0, lo, vld1q_f32(x + i));
+        acc1 = vfmaq_f32(acc1, hi, vld1q_f32(x + i + 4));
+    }
+    float s = vaddvq_f32(vaddq_f32(acc0, acc1));
+    for (; i < n; i++) s += (is_bf16 ? bf16_to_f32(w[i]) : f16_to_f32(w[i])) * x[i];
+    return s;
+}
+static float dot_q8_neon(const int8_t *w, const float *scales, const float *x, int n) { // n % 64 == 0
+    float32x4_t total = vdupq_n_f32(0.0f);
+    for (int g = 0; g < n; g += Q8_GROUP) {
+        float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0;
+        for (int k = 0; k < Q8_GROUP; k += 16) { // 16 int8 -> 2 x int16x8 -> 4 x float32x4
+            int8x16_t b = vld1q_s8(w + g + k);
+            int16x8_t l = vmovl_s8(vget_low_s8(b)), h = vmovl_high_s8(b);
+            const float *xk = x + g + k;
+            acc0 = vfmaq_f32(acc0, vcvtq_f32_s32(vmovl_s16(vget_low_s16(l))), vld1q_f32(xk));
+            acc1 = vfmaq_f32(acc1, vcvtq_f32_s32(vmovl_high_s16(l)), vld1q_f32(xk + 4));
+            acc0 = vfmaq_f32(acc0, vcvtq_f32_s32(vmovl_s16(vget_low_s16(h))), vld1q_f32(xk + 8));
+            acc1 = vfmaq_f32(acc1, vcvtq_f32_s32(vmovl_high_s16(h)), vld1q_f32(xk + 12));
+        }
+        total = vfmaq_n_f32(total, vaddq_f32(acc0, acc1), scales[g / Q8_GROUP]);
+    }
+    return vaddvq_f32(total);
+}
+#endif
+
 // one weight row times one token, without converting the row first
 static float dot_row(const Matrix *w, int r, const float *x) {
     size_t base = (size_t)r * w->cols;
@@ -742,6 +801,11 @@ static float dot_row(const Matrix *w, int r, const float *x) {
     case DTYPE_BF16: return dot_bf16_512((const uint16_t *)w->data + base, x, w->cols);
     case DTYPE_F16: return dot_f16_512((const uint16_t *)w->data + base, x, w->cols);
     case DTYPE_Q8: return dot_q8_512((const int8_t *)w->data + base, w->scales + base / Q8_GROUP, x, w->cols);
+#elif defined(SIMD_NEON)
+    case DTYPE_F32: return dot_neon((const float *)w->data + base, x, w->cols);
+    case DTYPE_BF16: return dot_16bit_neon((const uint16_t *)w->data + base, x, w->cols, 1);
+    case DTYPE_F16: return dot_16bit_neon((const uint16_t *)w->data + base, x, w->cols, 0);
+    case DTYPE_Q8: return dot_q8_neon((const int8_t *)w->data + base, w->scales + base / Q8_GROUP, x, w->cols);
 #elif defined(SIMD_DOT)
     case DTYPE_F32: return dot_simd((const float *)w->data + base, x, w->cols);
     case DTYPE_BF16: return dot_bf16((const uint16_t *)w->data + base, x, w->cols);
@@ -766,6 +830,20 @@ static float dot_row(const Matrix *w, int r, const float *x) {
         return s;
     }
     }
+}
+
+// the fp32 dot products of the recurrences and of attention: the widest kernel the build has
+static float dot_f32(const float *a, const float *b, int n) {
+    (void)dot; // the plain loop: the fallback, and what the kernels compute
+#if defined(SIMD_AVX512)
+    return dot_simd512(a, b, n);
+#elif defined(SIMD_NEON)
+    return dot_neon(a, b, n);
+#elif defined(SIMD_DOT)
+    return dot_simd(a, b, n);
+#else
+    return dot(a, b, n);
+#endif
 }
 
 /* A small pool of worker threads, started once: run_parallel(fn, arg) calls
@@ -956,7 +1034,7 @@ static void gated_rmsnorm(float *out, const float *x, const float *gate, const f
 
 /* L2 normalisation of q and k (fla's l2norm): x / sqrt(sum(x^2) + 1e-6)   (eps added to the SUM) */
 static void l2norm(float *x, int n) {
-    float r = 1.0f / sqrtf(dot(x, x, n) + 1e-6f);
+    float r = 1.0f / sqrtf(dot_f32(x, x, n) + 1e-6f);
     for (int i = 0; i < n; i++) x[i] *= r;
 }
 
@@ -1031,7 +1109,7 @@ static void attention_heads(void *arg, int thread, int nt) {
         int n = p - first + 1;
         const float *qh = j->s->q + (size_t)t * qd + (size_t)h * hd;
         for (int i = 0; i < n; i++)
-            att[i] = dot(qh, j->ls->key_cache + (size_t)((first + i) % cap) * kvd + (size_t)kvh * hd, hd) * scale;
+            att[i] = dot_f32(qh, j->ls->key_cache + (size_t)((first + i) % cap) * kvd + (size_t)kvh * hd, hd) * scale;
         softmax(att, n);
         float *oh = j->s->o + (size_t)t * qd + (size_t)h * hd;
         memset(oh, 0, hd * sizeof(float));
@@ -1137,7 +1215,7 @@ static void hgrn2_layer(const Model *m, const LayerWeights *w, LayerState *ls, R
             for (int j = 0; j < dv; j++) {       // row j of S^T: value channel j
                 float *Sj = S + (size_t)j * dk, vj = vt[(size_t)h * dv + j];
                 for (int i = 0; i < dk; i++) Sj[i] = gh[i] * Sj[i] + kh[i] * vj;
-                o[(size_t)h * dv + j] = dot(Sj, qh, dk);
+                o[(size_t)h * dv + j] = dot_f32(Sj, qh, dk);
             }
         }
         rmsnorm(o, o, w->out_norm, Dv, c->out_norm_eps);
@@ -1182,7 +1260,7 @@ static void gla_layer(const Model *m, const LayerWeights *w, LayerState *ls, Run
             for (int e = 0; e < dv; e++) {
                 float *Se = S + (size_t)e * dk;
                 for (int i = 0; i < dk; i++) Se[i] = ah[i] * Se[i] + kh[i] * vh[e];
-                for (int h = j * group; h < (j + 1) * group; h++) o[(size_t)h * dv + e] = dot(Se, qt + (size_t)h * dk, dk);
+                for (int h = j * group; h < (j + 1) * group; h++) o[(size_t)h * dv + e] = dot_f32(Se, qt + (size_t)h * dk, dk);
             }
         }
         for (int h = 0; h < nq; h++)
@@ -1220,7 +1298,7 @@ static void retnet_layer(const Model *m, const LayerWeights *w, LayerState *ls, 
             for (int e = 0; e < dv; e++) {
                 float *Se = S + (size_t)e * dk;
                 for (int i = 0; i < dk; i++) Se[i] = gamma * Se[i] + kh[i] * vh[e];
-                o[(size_t)h * dv + e] = dot(Se, qh, dk) * scale;
+                o[(size_t)h * dv + e] = dot_f32(Se, qh, dk) * scale;
             }
             gated_rmsnorm(o + (size_t)h * dv, o + (size_t)h * dv, w->g_proj.data ? s->g + (size_t)t * Do + (size_t)h * dv : NULL,
                           w->out_norm, dv, c->norm_eps);
@@ -1285,9 +1363,9 @@ static void delta_layer(const Model *m, const LayerWeights *w, LayerState *ls, R
             for (int e = 0; e < dv; e++) {   // row e of S^T: value channel e, rows are independent
                 float *Se = S + (size_t)e * dk;
                 if (gated) for (int i = 0; i < dk; i++) Se[i] *= alpha;       // S = alpha S
-                float u = vt[(size_t)j * dv + e] - dot(Se, kh, dk);          // u = v - S^T k
+                float u = vt[(size_t)j * dv + e] - dot_f32(Se, kh, dk);          // u = v - S^T k
                 for (int i = 0; i < dk; i++) Se[i] += beta * u * kh[i];      // S += k (beta u)^T
-                o[(size_t)j * dv + e] = dot(Se, qh, dk);                     // o = S^T q
+                o[(size_t)j * dv + e] = dot_f32(Se, qh, dk);                     // o = S^T q
             }
             gated_rmsnorm(o + (size_t)j * dv, o + (size_t)j * dv, w->g_proj.data ? s->g + (size_t)t * Dv + (size_t)j * dv : NULL,
                           w->out_norm, dv, c->norm_eps);
