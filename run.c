@@ -445,7 +445,7 @@ static void load_model(Model *m, const char *path) {
 // each short convolution. An attention layer keeps every past key and value (or the
 // last window of them): its cache grows with the text. --info prints both.
 
-#define MAX_BATCH 64  // prompt tokens processed together
+#define MAX_BATCH 128 // prompt tokens processed together
 
 typedef struct {
     float *state;          // HGRN: [I]; matrix kinds: [heads][dv][dk] (row = value channel)
@@ -1316,10 +1316,37 @@ static void retnet_layer(const Model *m, const LayerWeights *w, LayerState *ls, 
      S_t = S + k^ (beta u)^T                        (i.e. S_t = alpha (I - beta k^ k^T) S_{t-1} + beta k^ v^T)
      o_t = S_t^T q^
      out = W_o ( RMSNorm_dv(o) [* silu(W_g x)] )   (per value head; GVA: value head j uses q/k head j / (Hv/Hqk)) */
+typedef struct { const Model *m; const LayerWeights *w; LayerState *ls; RunState *s; int T; } DeltaJob;
+
+static void delta_rows(void *arg, int thread, int nt) {
+    DeltaJob *jb = arg;
+    const Config *c = &jb->m->c;
+    const LayerWeights *w = jb->w;
+    RunState *s = jb->s;
+    int gated = w->kind == KIND_GATED_DELTANET;
+    int nq = c->lin_q_heads, nv = c->lin_v_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim, group = nv / nq;
+    int Dk = nq * dk, Dv = nv * dv, n_rows = nv * dv;
+    for (int row = (int)((long)n_rows * thread / nt); row < (int)((long)n_rows * (thread + 1) / nt); row++) {
+        int j = row / dv, e = row % dv;          // value head j, row e of its S^T: value channel e
+        float *Se = jb->ls->state + (size_t)j * dv * dk + (size_t)e * dk;
+        for (int t = 0; t < jb->T; t++) {
+            const float *qh = s->q + (size_t)t * Dk + (size_t)(j / group) * dk, *kh = s->k + (size_t)t * Dk + (size_t)(j / group) * dk;
+            float beta = w->b_proj.data ? sigmoid(s->b[(size_t)t * nv + j]) : 1.0f;
+            if (c->flags & FLAG_NEG_EIGVAL) beta *= 2.0f;
+            float alpha = 1.0f;
+            if (gated) alpha = expf(-expf(w->A_log[j]) * softplus(s->a[(size_t)t * nv + j] + w->dt_bias[j]));
+            if (gated) for (int i = 0; i < dk; i++) Se[i] *= alpha;           // S = alpha S
+            float u = s->v[(size_t)t * Dv + (size_t)j * dv + e] - dot_f32(Se, kh, dk); // u = v - S^T k
+            for (int i = 0; i < dk; i++) Se[i] += beta * u * kh[i];          // S += k (beta u)^T
+            s->o[(size_t)t * Dv + (size_t)j * dv + e] = dot_f32(Se, qh, dk); // o = S^T q
+        }
+    }
+}
+
 static void delta_layer(const Model *m, const LayerWeights *w, LayerState *ls, RunState *s, int T, float *out) {
     const Config *c = &m->c;
     int gated = w->kind == KIND_GATED_DELTANET;
-    int nq = c->lin_q_heads, nv = c->lin_v_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim, group = nv / nq;
+    int nq = c->lin_q_heads, nv = c->lin_v_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim;
     int Dk = nq * dk, Dv = nv * dv;
     int silu_qk = c->feature_map == FMAP_SILU;
     matmul(s->q, s->xb, &w->q_proj, T);
@@ -1338,7 +1365,7 @@ static void delta_layer(const Model *m, const LayerWeights *w, LayerState *ls, R
     if (w->g_proj.data) matmul(s->g, s->xb, &w->g_proj, T);
     float scale = 1.0f / sqrtf((float)dk);
     for (int t = 0; t < T; t++) {
-        float *qt = s->q + (size_t)t * Dk, *kt = s->k + (size_t)t * Dk, *vt = s->v + (size_t)t * Dv, *o = s->o + (size_t)t * Dv;
+        float *qt = s->q + (size_t)t * Dk, *kt = s->k + (size_t)t * Dk;
         for (int h = 0; h < nq; h++) {
             float *qh = qt + (size_t)h * dk, *kh = kt + (size_t)h * dk;
             if (!silu_qk)
@@ -1353,24 +1380,17 @@ static void delta_layer(const Model *m, const LayerWeights *w, LayerState *ls, R
             }
             for (int i = 0; i < dk; i++) qh[i] *= scale;
         }
-        for (int j = 0; j < nv; j++) {
-            const float *qh = qt + (size_t)(j / group) * dk, *kh = kt + (size_t)(j / group) * dk;
-            float beta = w->b_proj.data ? sigmoid(s->b[(size_t)t * nv + j]) : 1.0f;
-            if (c->flags & FLAG_NEG_EIGVAL) beta *= 2.0f;
-            float alpha = 1.0f;
-            if (gated) alpha = expf(-expf(w->A_log[j]) * softplus(s->a[(size_t)t * nv + j] + w->dt_bias[j]));
-            float *S = ls->state + (size_t)j * dv * dk;
-            for (int e = 0; e < dv; e++) {   // row e of S^T: value channel e, rows are independent
-                float *Se = S + (size_t)e * dk;
-                if (gated) for (int i = 0; i < dk; i++) Se[i] *= alpha;       // S = alpha S
-                float u = vt[(size_t)j * dv + e] - dot_f32(Se, kh, dk);          // u = v - S^T k
-                for (int i = 0; i < dk; i++) Se[i] += beta * u * kh[i];      // S += k (beta u)^T
-                o[(size_t)j * dv + e] = dot_f32(Se, qh, dk);                     // o = S^T q
-            }
-            gated_rmsnorm(o + (size_t)j * dv, o + (size_t)j * dv, w->g_proj.data ? s->g + (size_t)t * Dv + (size_t)j * dv : NULL,
-                          w->out_norm, dv, c->norm_eps);
-        }
     }
+    // the recurrence: every (value head, row) is independent of the others, so the threads
+    // take disjoint rows and walk all T tokens; then the per-head output norms
+    DeltaJob job = {m, w, ls, s, T};
+    if ((long)nv * dv * dk * T < (1L << 16)) delta_rows(&job, 0, 1); // too little to share
+    else run_parallel(delta_rows, &job);
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < nv; j++) {
+            float *oj = s->o + (size_t)t * Dv + (size_t)j * dv;
+            gated_rmsnorm(oj, oj, w->g_proj.data ? s->g + (size_t)t * Dv + (size_t)j * dv : NULL, w->out_norm, dv, c->norm_eps);
+        }
     matmul(out, s->o, &w->o_proj, T);
 }
 
