@@ -1182,6 +1182,27 @@ static void hgrn_layer(const Model *m, const LayerWeights *w, LayerState *ls, Ru
      S_t = diag(g) S_{t-1} + k v^T          (S: dk x dv per head)
      o_t = S_t^T (q / sqrt(dk))
      out = W_o RMSNorm_dim(o)               (over all heads at once; eps 1e-5; no output gate) */
+// a share of a linear layer's state rows, walked over all T tokens of the batch (run_parallel)
+typedef struct { const Model *m; const LayerWeights *w; LayerState *ls; RunState *s; int T; } RowsJob;
+
+static void hgrn2_rows(void *arg, int thread, int nt) {
+    RowsJob *jb = arg;
+    const Config *c = &jb->m->c;
+    int nh = c->lin_q_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim, F = nh * dk, Dv = nh * dv, n_rows = nh * dv;
+    for (int row = (int)((long)n_rows * thread / nt); row < (int)((long)n_rows * (thread + 1) / nt); row++) {
+        int h = row / dv, j = row % dv;          // head h, row j of its S^T: value channel j
+        float *Sj = jb->ls->state + (size_t)h * dv * dk + (size_t)j * dk;
+        for (int t = 0; t < jb->T; t++) {
+            const RunState *s = jb->s;
+            const float *qh = s->q + (size_t)t * F + (size_t)h * dk, *kh = s->k + (size_t)t * F + (size_t)h * dk;
+            const float *gh = s->a + (size_t)t * F + (size_t)h * dk;
+            float vj = s->v[(size_t)t * Dv + (size_t)h * dv + j];
+            for (int i = 0; i < dk; i++) Sj[i] = gh[i] * Sj[i] + kh[i] * vj;      // S = diag(g) S + k v^T
+            s->o[(size_t)t * Dv + (size_t)h * dv + j] = dot_f32(Sj, qh, dk);       // o = S^T q
+        }
+    }
+}
+
 static void hgrn2_layer(const Model *m, const LayerWeights *w, LayerState *ls, RunState *s, int T, int layer, float *out) {
     const Config *c = &m->c;
     int nh = c->lin_q_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim;
@@ -1197,8 +1218,7 @@ static void hgrn2_layer(const Model *m, const LayerWeights *w, LayerState *ls, R
     }
     float scale = 1.0f / sqrtf((float)dk);
     for (int t = 0; t < T; t++) {
-        float *qt = q + (size_t)t * F, *ft = f + (size_t)t * F, *vt = v + (size_t)t * Dv, *o = s->o + (size_t)t * Dv;
-        float *kt = s->k + (size_t)t * F, *decay = s->a + (size_t)t * F;
+        float *qt = q + (size_t)t * F, *ft = f + (size_t)t * F, *kt = s->k + (size_t)t * F, *decay = s->a + (size_t)t * F;
         for (int d = 0; d < F; d++) {
             float log_g = logsigmoid(ft[d]);
             if (w->lower_bound && layer > 0) {
@@ -1209,17 +1229,12 @@ static void hgrn2_layer(const Model *m, const LayerWeights *w, LayerState *ls, R
             kt[d] = 1.0f - decay[d];
             qt[d] = silu(qt[d]) * scale;
         }
-        for (int h = 0; h < nh; h++) {
-            float *S = ls->state + (size_t)h * dv * dk;
-            const float *qh = qt + (size_t)h * dk, *kh = kt + (size_t)h * dk, *gh = decay + (size_t)h * dk;
-            for (int j = 0; j < dv; j++) {       // row j of S^T: value channel j
-                float *Sj = S + (size_t)j * dk, vj = vt[(size_t)h * dv + j];
-                for (int i = 0; i < dk; i++) Sj[i] = gh[i] * Sj[i] + kh[i] * vj;
-                o[(size_t)h * dv + j] = dot_f32(Sj, qh, dk);
-            }
-        }
-        rmsnorm(o, o, w->out_norm, Dv, c->out_norm_eps);
     }
+    // the rows of every head's state are independent: the threads take disjoint rows for all T tokens
+    RowsJob job = {m, w, ls, s, T};
+    if ((long)nh * dv * dk * T < (1L << 16)) hgrn2_rows(&job, 0, 1); // too little to share
+    else run_parallel(hgrn2_rows, &job);
+    for (int t = 0; t < T; t++) rmsnorm(s->o + (size_t)t * Dv, s->o + (size_t)t * Dv, w->out_norm, Dv, c->out_norm_eps);
     matmul(out, s->o, &w->o_proj, T);
 }
 
@@ -1316,10 +1331,8 @@ static void retnet_layer(const Model *m, const LayerWeights *w, LayerState *ls, 
      S_t = S + k^ (beta u)^T                        (i.e. S_t = alpha (I - beta k^ k^T) S_{t-1} + beta k^ v^T)
      o_t = S_t^T q^
      out = W_o ( RMSNorm_dv(o) [* silu(W_g x)] )   (per value head; GVA: value head j uses q/k head j / (Hv/Hqk)) */
-typedef struct { const Model *m; const LayerWeights *w; LayerState *ls; RunState *s; int T; } DeltaJob;
-
 static void delta_rows(void *arg, int thread, int nt) {
-    DeltaJob *jb = arg;
+    RowsJob *jb = arg;
     const Config *c = &jb->m->c;
     const LayerWeights *w = jb->w;
     RunState *s = jb->s;
@@ -1383,7 +1396,7 @@ static void delta_layer(const Model *m, const LayerWeights *w, LayerState *ls, R
     }
     // the recurrence: every (value head, row) is independent of the others, so the threads
     // take disjoint rows and walk all T tokens; then the per-head output norms
-    DeltaJob job = {m, w, ls, s, T};
+    RowsJob job = {m, w, ls, s, T};
     if ((long)nv * dv * dk * T < (1L << 16)) delta_rows(&job, 0, 1); // too little to share
     else run_parallel(delta_rows, &job);
     for (int t = 0; t < T; t++)
