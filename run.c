@@ -719,6 +719,32 @@ static float dot_simd512(const float *a, const float *b, int n) {
 #define F16X16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
 DOT16_512(dot_bf16_512, BF16X16, bf16_to_f32)
 DOT16_512(dot_f16_512, F16X16, f16_to_f32)
+/* bf16 rows, 32 weights per 64-byte load with no widening instruction: in each 32-bit lane
+   the even weight is the low half (a shift left by 16 makes it an fp32) and the odd one the
+   high half (masking the low half off makes it an fp32). x is first put in that order once
+   per matrix (bf16_pair_order): per 32 values, the 16 even ones, then the 16 odd ones. */
+static void bf16_pair_order(float *xp, const float *x, int n) { // n % 32 == 0
+    for (int b = 0; b < n; b += 32)
+        for (int k = 0; k < 16; k++) { xp[b + k] = x[b + 2 * k]; xp[b + 16 + k] = x[b + 2 * k + 1]; }
+}
+static float dot_bf16_pairs_512(const uint16_t *w, const float *xp, int n) { // n % 32 == 0
+    const __m512i high = _mm512_set1_epi32((int)0xffff0000u);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        __m512i v0 = _mm512_loadu_si512(w + i), v1 = _mm512_loadu_si512(w + i + 32);
+        acc0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), _mm512_loadu_ps(xp + i), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v0, high)), _mm512_loadu_ps(xp + i + 16), acc1);
+        acc2 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), _mm512_loadu_ps(xp + i + 32), acc2);
+        acc3 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v1, high)), _mm512_loadu_ps(xp + i + 48), acc3);
+    }
+    for (; i < n; i += 32) {
+        __m512i v0 = _mm512_loadu_si512(w + i);
+        acc0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), _mm512_loadu_ps(xp + i), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v0, high)), _mm512_loadu_ps(xp + i + 16), acc1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
+}
 static float dot_q8_512(const int8_t *w, const float *scales, const float *x, int n) { // n % 64 == 0
     __m512 total = _mm512_setzero_ps();
     for (int g = 0; g < n; g += Q8_GROUP) { // a group: 4 x 16 weights, then its scale
@@ -951,6 +977,16 @@ static void matmul_rows(void *arg, int thread, int nt) {
     const Matrix *w = j->w;
     int r0 = (int)((long)w->rows * thread / nt), r1 = (int)((long)w->rows * (thread + 1) / nt);
     if (j->T == 1) {
+#ifdef SIMD_AVX512
+        if (w->dtype == DTYPE_BF16 && w->cols % 32 == 0) {
+            static __thread float *xp = NULL; // this thread's x in pair order
+            static __thread int xp_floats = 0;
+            if (xp_floats < w->cols) { free(xp); xp = xcalloc((size_t)w->cols, sizeof(float)); xp_floats = w->cols; }
+            bf16_pair_order(xp, j->x, w->cols);
+            for (int r = r0; r < r1; r++) j->out[r] = dot_bf16_pairs_512((const uint16_t *)w->data + (size_t)r * w->cols, xp, w->cols);
+            return;
+        }
+#endif
         for (int r = r0; r < r1; r++) j->out[r] = dot_row(w, r, j->x);
         return;
     }
