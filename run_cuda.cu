@@ -682,7 +682,9 @@ static void hgrn_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     matmul(gp, gp->x, c->dim, rms(w->attn_norm, c->norm_eps), T, in, 3);
     mark(gp, "projections");
     if (w->conv_w[0]) {
-        short_conv(gp, T, c->conv_size, Convs{{{gp->q, I, gp->conv_cache[0][l], w->conv_w[0], 0}, {gp->f, I, gp->conv_cache[1][l], w->conv_w[1], 0}}, 2});
+        short_conv(gp, T, c->conv_size,
+                   Convs{{{gp->q, I, gp->conv_cache[0][l], w->conv_w[0], 0},
+                          {gp->f, I, gp->conv_cache[1][l], w->conv_w[1], 0}}, 2});
     }
     hgrn_scan_kernel<<<(I + 127) / 128, 128, 0, gp->stream>>>(gp->state[l], gp->q, gp->f, gp->o, l > 0 ? w->lower_bound : nullptr, T, I);
     LAUNCH_CHECK();
@@ -870,7 +872,10 @@ static void hgrn2_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     matmul(gp, gp->x, c->dim, rms(w->attn_norm, c->norm_eps), T, in, 3);
     mark(gp, "projections");
     if (w->conv_w[0]) {
-        short_conv(gp, T, c->conv_size, Convs{{{gp->q, F, gp->conv_cache[0][l], w->conv_w[0], 0}, {gp->f, F, gp->conv_cache[1][l], w->conv_w[1], 0}, {gp->v, Dv, gp->conv_cache[2][l], w->conv_w[2], 0}}, 3});
+        short_conv(gp, T, c->conv_size,
+                   Convs{{{gp->q, F, gp->conv_cache[0][l], w->conv_w[0], 0},
+                          {gp->f, F, gp->conv_cache[1][l], w->conv_w[1], 0},
+                          {gp->v, Dv, gp->conv_cache[2][l], w->conv_w[2], 0}}, 3});
     }
     hgrn2_prep_kernel<<<dim3((F + 255) / 256, T), 256, 0, gp->stream>>>(gp->q, gp->f, gp->k, gp->a, l > 0 ? w->lower_bound : nullptr, F,
                                                                          1.0f / sqrtf((float)dk));
@@ -909,7 +914,10 @@ static void gla_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     GemvJob gk = {w->gk_proj1, gp->f, OUT_STORE};
     matmul(gp, gp->low_rank, c->gate_low_rank, Prologue{NORM_NONE}, T, &gk, 1);
     if (w->conv_w[0]) {
-        short_conv(gp, T, c->conv_size, Convs{{{gp->q, Dq, gp->conv_cache[0][l], w->conv_w[0], 1}, {gp->k, Dk, gp->conv_cache[1][l], w->conv_w[1], 1}, {gp->v, Dv, gp->conv_cache[2][l], w->conv_w[2], 1}}, 3});
+        short_conv(gp, T, c->conv_size,
+                   Convs{{{gp->q, Dq, gp->conv_cache[0][l], w->conv_w[0], 1},
+                          {gp->k, Dk, gp->conv_cache[1][l], w->conv_w[1], 1},
+                          {gp->v, Dv, gp->conv_cache[2][l], w->conv_w[2], 1}}, 3});
     }
     gla_prep_kernel<<<dim3((Dq > Dk ? Dq : Dk) / 256 + 1, T), 256, 0, gp->stream>>>(gp->q, gp->k, gp->f, w->gk_bias, Dq, Dk, c->feature_map,
                                                                                      c->gate_normalizer, c->clamp_min, 1.0f / sqrtf((float)dk));
@@ -1012,7 +1020,10 @@ static void delta_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     matmul(gp, gp->x, c->dim, rms(w->attn_norm, c->norm_eps), T, in, n);
     mark(gp, "projections");
     if (w->conv_w[0]) {
-        short_conv(gp, T, c->conv_size, Convs{{{gp->q, Dk, gp->conv_cache[0][l], w->conv_w[0], silu_qk}, {gp->k, Dk, gp->conv_cache[1][l], w->conv_w[1], silu_qk}, {gp->v, Dv, gp->conv_cache[2][l], w->conv_w[2], 1}}, 3});
+        short_conv(gp, T, c->conv_size,
+                   Convs{{{gp->q, Dk, gp->conv_cache[0][l], w->conv_w[0], silu_qk},
+                          {gp->k, Dk, gp->conv_cache[1][l], w->conv_w[1], silu_qk},
+                          {gp->v, Dv, gp->conv_cache[2][l], w->conv_w[2], 1}}, 3});
     }
     delta_prep_kernel<<<T, 256, 0, gp->stream>>>(gp->q, gp->k, gp->v, gp->b, gp->a, gated ? w->A_log : nullptr, w->dt_bias, nq, nv, dk, Dv,
                                                   c->feature_map, c->flags, w->conv_w[0] != nullptr, w->b_proj.data != nullptr);
