@@ -1280,9 +1280,28 @@ static void hgrn2_layer(const Model *m, const LayerWeights *w, LayerState *ls, R
      S_t = diag(a) S_{t-1} + k v^T                 (one S per kv head; GQA shares it)
      o_t = S_t^T (q / sqrt(dk))
      out = W_o ( RMSNorm_dv(o) * silu(W_g x) )     (per head, shared norm weight) */
+static void gla_rows(void *arg, int thread, int nt) {
+    RowsJob *jb = arg;
+    const Config *c = &jb->m->c;
+    const RunState *s = jb->s;
+    int nq = c->lin_q_heads, nk = c->lin_k_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim, group = nq / nk;
+    int Dq = nq * dk, Dk = nk * dk, Dv = nk * dv, Do = nq * dv, n_rows = nk * dv;
+    for (int row = (int)((long)n_rows * thread / nt); row < (int)((long)n_rows * (thread + 1) / nt); row++) {
+        int j = row / dv, e = row % dv;          // kv head j, row e of its S^T: value channel e
+        float *Se = jb->ls->state + (size_t)j * dv * dk + (size_t)e * dk;
+        for (int t = 0; t < jb->T; t++) {
+            const float *kh = s->k + (size_t)t * Dk + (size_t)j * dk, *ah = s->f + (size_t)t * Dk + (size_t)j * dk;
+            float ve = s->v[(size_t)t * Dv + (size_t)j * dv + e];
+            for (int i = 0; i < dk; i++) Se[i] = ah[i] * Se[i] + kh[i] * ve;     // S = diag(a) S + k v^T
+            for (int h = j * group; h < (j + 1) * group; h++)                     // o = S^T q, each query head of the group
+                s->o[(size_t)t * Do + (size_t)h * dv + e] = dot_f32(Se, s->q + (size_t)t * Dq + (size_t)h * dk, dk);
+        }
+    }
+}
+
 static void gla_layer(const Model *m, const LayerWeights *w, LayerState *ls, RunState *s, int T, float *out) {
     const Config *c = &m->c;
-    int nq = c->lin_q_heads, nk = c->lin_k_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim, group = nq / nk;
+    int nq = c->lin_q_heads, nk = c->lin_k_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim;
     int Dq = nq * dk, Dk = nk * dk, Dv = nk * dv, Do = nq * dv;
     matmul(s->q, s->xb, &w->q_proj, T);
     matmul(s->k, s->xb, &w->k_proj, T);
@@ -1297,27 +1316,22 @@ static void gla_layer(const Model *m, const LayerWeights *w, LayerState *ls, Run
     if (w->g_proj.data) matmul(s->g, s->xb, &w->g_proj, T);
     float scale = 1.0f / sqrtf((float)dk);
     for (int t = 0; t < T; t++) {
-        float *qt = s->q + (size_t)t * Dq, *kt = s->k + (size_t)t * Dk, *vt = s->v + (size_t)t * Dv;
-        float *gk = s->f + (size_t)t * Dk, *o = s->o + (size_t)t * Do;
+        float *qt = s->q + (size_t)t * Dq, *kt = s->k + (size_t)t * Dk, *gk = s->f + (size_t)t * Dk;
         for (int d = 0; d < Dk; d++) {
             float log_a = logsigmoid(gk[d] + w->gk_bias[d]) / c->gate_normalizer;
             gk[d] = expf(fmaxf(log_a, c->clamp_min));
             kt[d] = apply_feature_map(c->feature_map, kt[d]);
         }
         for (int d = 0; d < Dq; d++) qt[d] = apply_feature_map(c->feature_map, qt[d]) * scale;
-        for (int j = 0; j < nk; j++) {
-            float *S = ls->state + (size_t)j * dv * dk;
-            const float *kh = kt + (size_t)j * dk, *ah = gk + (size_t)j * dk, *vh = vt + (size_t)j * dv;
-            for (int e = 0; e < dv; e++) {
-                float *Se = S + (size_t)e * dk;
-                for (int i = 0; i < dk; i++) Se[i] = ah[i] * Se[i] + kh[i] * vh[e];
-                for (int h = j * group; h < (j + 1) * group; h++) o[(size_t)h * dv + e] = dot_f32(Se, qt + (size_t)h * dk, dk);
-            }
-        }
-        for (int h = 0; h < nq; h++)
-            gated_rmsnorm(o + (size_t)h * dv, o + (size_t)h * dv, w->g_proj.data ? s->g + (size_t)t * Do + (size_t)h * dv : NULL,
-                          w->out_norm, dv, c->norm_eps);
     }
+    RowsJob job = {m, w, ls, s, T}; // the state rows over the threads, all T tokens each
+    if ((long)nk * dv * dk * T < (1L << 16)) gla_rows(&job, 0, 1);
+    else run_parallel(gla_rows, &job);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < nq; h++) {
+            float *oh = s->o + (size_t)t * Do + (size_t)h * dv;
+            gated_rmsnorm(oh, oh, w->g_proj.data ? s->g + (size_t)t * Do + (size_t)h * dv : NULL, w->out_norm, dv, c->norm_eps);
+        }
     matmul(out, s->o, &w->o_proj, T);
 }
 
@@ -1327,34 +1341,48 @@ static void gla_layer(const Model *m, const LayerWeights *w, LayerState *ls, Run
      S_t = gamma_h S_{t-1} + k v^T
      o_t = S_t^T (q / sqrt(dk))
      out = W_o ( RMSNorm_dv(o) * silu(W_g x) ) */
+static void retnet_rows(void *arg, int thread, int nt) {
+    RowsJob *jb = arg;
+    const Config *c = &jb->m->c;
+    const RunState *s = jb->s;
+    int nq = c->lin_q_heads, nk = c->lin_k_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim, group = nq / nk;
+    int Dq = nq * dk, Dk = nk * dk, Dv = nk * dv, Do = nq * dv, n_rows = nq * dv;
+    float scale = 1.0f / sqrtf((float)dk);
+    for (int row = (int)((long)n_rows * thread / nt); row < (int)((long)n_rows * (thread + 1) / nt); row++) {
+        int h = row / dv, e = row % dv;          // query head h, row e of its S^T: value channel e
+        float gamma = 1.0f - exp2f(-5.0f - (float)h), *Se = jb->ls->state + (size_t)h * dv * dk + (size_t)e * dk;
+        for (int t = 0; t < jb->T; t++) {
+            const float *kh = s->k + (size_t)t * Dk + (size_t)(h / group) * dk, *qh = s->q + (size_t)t * Dq + (size_t)h * dk;
+            float ve = s->v[(size_t)t * Dv + (size_t)(h / group) * dv + e];
+            for (int i = 0; i < dk; i++) Se[i] = gamma * Se[i] + kh[i] * ve;     // S = gamma S + k v^T
+            s->o[(size_t)t * Do + (size_t)h * dv + e] = dot_f32(Se, qh, dk) * scale; // o = S^T q / sqrt(dk)
+        }
+    }
+}
+
 static void retnet_layer(const Model *m, const LayerWeights *w, LayerState *ls, RunState *s, int T, int pos, float *out) {
     const Config *c = &m->c;
-    int nq = c->lin_q_heads, nk = c->lin_k_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim, group = nq / nk;
-    int Dq = nq * dk, Dk = nk * dk, Dv = nk * dv, Do = nq * dv;
+    int nq = c->lin_q_heads, nk = c->lin_k_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim;
+    int Dq = nq * dk, Dk = nk * dk, Do = nq * dv;
     matmul(s->q, s->xb, &w->q_proj, T);
     matmul(s->k, s->xb, &w->k_proj, T);
     matmul(s->v, s->xb, &w->v_proj, T);
     if (w->g_proj.data) matmul(s->g, s->xb, &w->g_proj, T);
-    float scale = 1.0f / sqrtf((float)dk);
     for (int t = 0; t < T; t++) {
-        float *qt = s->q + (size_t)t * Dq, *kt = s->k + (size_t)t * Dk, *vt = s->v + (size_t)t * Dv, *o = s->o + (size_t)t * Do;
+        float *qt = s->q + (size_t)t * Dq, *kt = s->k + (size_t)t * Dk;
         for (int d = 0; d < Dq; d++) qt[d] = apply_feature_map(c->feature_map, qt[d]);
         for (int d = 0; d < Dk; d++) kt[d] = apply_feature_map(c->feature_map, kt[d]);
         rope(qt, nq, dk, pos + t, m->rope_inv_freq_retnet);
         rope(kt, nk, dk, pos + t, m->rope_inv_freq_retnet);
-        for (int h = 0; h < nq; h++) {
-            float gamma = 1.0f - exp2f(-5.0f - (float)h);
-            float *S = ls->state + (size_t)h * dv * dk;
-            const float *kh = kt + (size_t)(h / group) * dk, *vh = vt + (size_t)(h / group) * dv, *qh = qt + (size_t)h * dk;
-            for (int e = 0; e < dv; e++) {
-                float *Se = S + (size_t)e * dk;
-                for (int i = 0; i < dk; i++) Se[i] = gamma * Se[i] + kh[i] * vh[e];
-                o[(size_t)h * dv + e] = dot_f32(Se, qh, dk) * scale;
-            }
-            gated_rmsnorm(o + (size_t)h * dv, o + (size_t)h * dv, w->g_proj.data ? s->g + (size_t)t * Do + (size_t)h * dv : NULL,
-                          w->out_norm, dv, c->norm_eps);
-        }
     }
+    RowsJob job = {m, w, ls, s, T}; // the state rows over the threads, all T tokens each
+    if ((long)nq * dv * dk * T < (1L << 16)) retnet_rows(&job, 0, 1);
+    else run_parallel(retnet_rows, &job);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < nq; h++) {
+            float *oh = s->o + (size_t)t * Do + (size_t)h * dv;
+            gated_rmsnorm(oh, oh, w->g_proj.data ? s->g + (size_t)t * Do + (size_t)h * dv : NULL, w->out_norm, dv, c->norm_eps);
+        }
     matmul(out, s->o, &w->o_proj, T);
 }
 
