@@ -875,10 +875,13 @@ static float dot_f32(const float *a, const float *b, int n) {
 /* A small pool of worker threads, started once: run_parallel(fn, arg) calls
    fn(arg, i, n) on n threads (the caller is thread 0) and returns when all are done.
    A token makes ~200 such calls, so waking the workers must cost microseconds, not a
-   system call each: they spin on a generation counter for a while (about a millisecond),
-   and only then sleep on a condition variable. */
+   system call each: they spin on a generation counter for a while, then yield the CPU
+   for a while (so that on a busy machine the thread we wait for gets to run), and only
+   then sleep on a condition variable. The caller waits for them the same way. */
+#include <sched.h>
 #include <stdatomic.h>
-#define POOL_SPINS 200000
+#define POOL_SPINS 2000   // pause instructions before yielding
+#define POOL_YIELDS 2000  // sched_yield calls before sleeping
 typedef void (*ParallelFn)(void *arg, int thread, int n_threads);
 static struct {
     pthread_t threads[64];
@@ -905,6 +908,7 @@ static void *pool_worker(void *arg) {
     for (;;) {
         for (long spins = 0; (g = atomic_load_explicit(&pool.generation, memory_order_acquire)) == seen; spins++) {
             if (spins < POOL_SPINS) { cpu_relax(); continue; }
+            if (spins < POOL_SPINS + POOL_YIELDS) { sched_yield(); continue; }
             pthread_mutex_lock(&pool.mu);
             while (atomic_load(&pool.generation) == seen) pthread_cond_wait(&pool.start, &pool.mu);
             pthread_mutex_unlock(&pool.mu);
@@ -929,7 +933,9 @@ static void run_parallel(ParallelFn fn, void *arg) {
     pthread_cond_broadcast(&pool.start);
     pthread_mutex_unlock(&pool.mu);
     fn(arg, 0, n_threads);
-    while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) cpu_relax();
+    for (long spins = 0; atomic_load_explicit(&pool.pending, memory_order_acquire) > 0; spins++)
+        if (spins < POOL_SPINS) cpu_relax();
+        else sched_yield();
 }
 
 /* 16 dot products at once: sums[i][k] = w[i] . x[k] for 4 rows and 4 tokens. Each
