@@ -976,7 +976,7 @@ static void dot_4x4(const float *const w[4], const float *const x[4], int n, flo
    of a token's time is spent here, reading the weights. Rows are split across threads.
    One token: each row is dotted straight from its dtype. Several tokens (a prompt
    batch): each row is converted to fp32 once and used for all T tokens. */
-typedef struct { float *out; const float *x; const Matrix *w; int T; } MatmulJob;
+typedef struct { float *out; const float *x; const Matrix *w; int T; const float *x_pairs; } MatmulJob; // x_pairs: x in bf16 pair order
 
 static void matmul_rows(void *arg, int thread, int nt) {
     MatmulJob *j = arg;
@@ -984,12 +984,8 @@ static void matmul_rows(void *arg, int thread, int nt) {
     int r0 = (int)((long)w->rows * thread / nt), r1 = (int)((long)w->rows * (thread + 1) / nt);
     if (j->T == 1) {
 #ifdef SIMD_AVX512
-        if (w->dtype == DTYPE_BF16 && w->cols % 32 == 0) {
-            static __thread float *xp = NULL; // this thread's x in pair order
-            static __thread int xp_floats = 0;
-            if (xp_floats < w->cols) { free(xp); xp = xcalloc((size_t)w->cols, sizeof(float)); xp_floats = w->cols; }
-            bf16_pair_order(xp, j->x, w->cols);
-            for (int r = r0; r < r1; r++) j->out[r] = dot_bf16_pairs_512((const uint16_t *)w->data + (size_t)r * w->cols, xp, w->cols);
+        if (j->x_pairs) {
+            for (int r = r0; r < r1; r++) j->out[r] = dot_bf16_pairs_512((const uint16_t *)w->data + (size_t)r * w->cols, j->x_pairs, w->cols);
             return;
         }
 #endif
@@ -1052,7 +1048,16 @@ static void matmul_blas(float *out, const float *x, const Matrix *w, int T) {
 #endif
 
 static void matmul(float *out, const float *x, const Matrix *w, int T) {
-    MatmulJob j = {out, x, w, T};
+    MatmulJob j = {out, x, w, T, NULL};
+#ifdef SIMD_AVX512
+    if (T == 1 && w->dtype == DTYPE_BF16 && w->cols % 32 == 0) { // once per matrix, for all threads
+        static float *pairs = NULL;
+        static int pairs_floats = 0;
+        if (pairs_floats < w->cols) { free(pairs); pairs = xcalloc((size_t)w->cols, sizeof(float)); pairs_floats = w->cols; }
+        bf16_pair_order(pairs, x, w->cols);
+        j.x_pairs = pairs;
+    }
+#endif
 #ifdef USE_OPENBLAS
     if (T > 1) { matmul_blas(out, x, w, T); return; }
 #endif
@@ -2590,9 +2595,6 @@ int main(int argc, char **argv) {
 
     if (!model_path) usage();
     if (gpu) {
-#ifndef USE_CUDA
-        fatal("--device cuda: this run was built without CUDA (build it with `make cuda`)");
-#endif
         if (save_state_path || load_state_path || verbose)
             fatal("--save-state, --load-state and --verbose read the CPU's state: not available with --device cuda");
     }

@@ -25,7 +25,6 @@ Usage: python3 bench/bench.py [--threads N] [--sizes 340M,1.3B] [--shapes SIZE=D
   --create-only: write the cached models (one-time: minutes per model at 1.3B) and exit
 """
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -40,8 +39,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "tests"))
 import export  # noqa: E402  (the .bin header layout)
 import llama2c  # noqa: E402
+from paper_shape_check import random_checkpoint  # noqa: E402
 
 WORK = REPO / "bench" / "models"
 MODELS = ["transformer", "gated_deltanet_hybrid_6_1", "hgrn2_hybrid_6_1"]
@@ -56,26 +57,6 @@ created_s = 0.0  # seconds spent writing random weights and exporting (one-time)
 
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
-
-
-def make_checkpoint(shapes_dir, d):
-    if (d / "model.safetensors").exists():
-        return d
-    from safetensors.numpy import save_file
-    meta = json.loads((shapes_dir / "shapes.json").read_text())
-    rng = np.random.default_rng(0)
-    tensors = {}
-    for k, shape in meta["shapes"].items():
-        if k.endswith("norm.weight") or "norm_swish_gate" in k:
-            tensors[k] = np.ones(shape, np.float16)
-        elif k.endswith("A_log"):
-            tensors[k] = np.log(rng.uniform(1, 16, shape)).astype(np.float16)
-        else:
-            tensors[k] = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "config.json").write_text((shapes_dir / "config.json").read_text())
-    save_file(tensors, str(d / "model.safetensors"))
-    return d
 
 
 def source_key(shapes_dir):
@@ -106,7 +87,9 @@ def exported(size, shapes_dir, name, dtypes):
         stamp = d / name / "source_key"
         if (d / name).exists() and not (stamp.exists() and stamp.read_text() == key):
             shutil.rmtree(d / name)  # random weights of other shapes
-        ckpt = make_checkpoint(shapes_dir / name, d / name)
+        ckpt = d / name
+        if not (ckpt / "model.safetensors").exists():
+            random_checkpoint(shapes_dir / name, ckpt, np.random.default_rng(0))
         stamp.write_text(key)
         for t in missing:
             subprocess.run([sys.executable, str(REPO / "export.py"), str(ckpt), str(out[t]), "--dtype", t],

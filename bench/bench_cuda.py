@@ -22,9 +22,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import save_file
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from paper_shape_check import random_checkpoint  # noqa: E402
 WORK = REPO / "bench" / "models"
 SHAPES = {"340M": REPO / "tests" / "paper_shapes", "1.3B": REPO / "tests" / "paper_shapes_1.3B"}
 MODELS = ["gated_deltanet_hybrid_6_1", "hgrn2_hybrid_6_1", "transformer"]
@@ -32,24 +33,10 @@ BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "bf16": 2, "q8": 1 + 4 / 64}
 
 
 def checkpoint(size, name):
-    """fla's shapes at `size`, random weights (fp16 on disk; norms 1, A_log as fla initialises it)"""
+    """fla's shapes at `size` with random weights (fp16 on disk), made once"""
     d = WORK / f"{name}-{size}"
-    if (d / "model.safetensors").exists():
-        return d
-    src = SHAPES[size] / name
-    meta = json.loads((src / "shapes.json").read_text())
-    rng = np.random.default_rng(0)
-    tensors = {}
-    for k, shape in meta["shapes"].items():
-        if k.endswith("norm.weight") or "norm_swish_gate" in k:
-            tensors[k] = np.ones(shape, np.float16)
-        elif k.endswith("A_log"):
-            tensors[k] = np.log(rng.uniform(1, 16, shape)).astype(np.float16)
-        else:
-            tensors[k] = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "config.json").write_text((src / "config.json").read_text())
-    save_file(tensors, str(d / "model.safetensors"))
+    if not (d / "model.safetensors").exists():
+        random_checkpoint(SHAPES[size] / name, d, np.random.default_rng(0))
     return d
 
 

@@ -7,7 +7,6 @@ Checks: the parameter count equals fla's, the file loads, logits are finite, and
 Usage: python3 tests/paper_shape_check.py [WORKDIR] [case-substring ...]   (make paper-shapes)
 """
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,16 +21,19 @@ REPO = Path(__file__).resolve().parent.parent
 SHAPES = REPO / "tests" / "paper_shapes"
 
 
-def random_checkpoint(case_dir, out_dir, rng):
+def random_checkpoint(case_dir, out_dir, rng, dtype=np.float16):
+    """fla's recorded shapes (case_dir: config.json + shapes.json) filled with random numbers
+    (norms 1, A_log as fla initialises it, the rest N(0, 0.02)) stored as `dtype` in
+    out_dir/model.safetensors. Also used by the benchmarks and tests/test_cuda.py."""
     meta = json.loads((case_dir / "shapes.json").read_text())
     tensors = {}
     for name, shape in meta["shapes"].items():
         if name.endswith("norm.weight") or "norm_swish_gate" in name:
-            a = np.ones(shape, np.float16)
+            a = np.ones(shape, dtype)
         elif name.endswith("A_log"):
-            a = np.log(rng.uniform(1, 16, shape)).astype(np.float16)
+            a = np.log(rng.uniform(1, 16, shape)).astype(dtype)
         else:
-            a = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
+            a = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(dtype)
         tensors[name] = a
     cfg = json.loads((case_dir / "config.json").read_text())
     if cfg.get("tie_word_embeddings"):

@@ -10,16 +10,15 @@ does on the lent H100): every fla fixture through --device cuda, prompt path and
 weight dtype against fla's fp32 logits with a tolerance stated per dtype; and CPU against
 CUDA logits on random models of the paper's 340M shape.
 """
-import json
 import os
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
 
-from conftest import FIXTURES, REPO, RUN, assert_clean_error, export, fixture_names, run_tool
+from conftest import REPO, RUN, assert_clean_error, export, fixture_names, run_tool
+from paper_shape_check import random_checkpoint
 from test_fla_fixtures import TOL, expected, tolerance
 
 CUDA_BUILD = REPO / "run_cuda_build"
@@ -126,21 +125,9 @@ FP32_REL = {"retnet_hybrid_6_1": 5e-3}
 
 
 def random_paper_model(name, dtype, tmp_path):
-    """fla's 340M tensor shapes (tests/paper_shapes) filled with random numbers, exported."""
-    meta = json.loads((PAPER / name / "shapes.json").read_text())
-    rng = np.random.default_rng(1)
-    tensors = {}
-    for k, shape in meta["shapes"].items():
-        if k.endswith("norm.weight") or "norm_swish_gate" in k:
-            tensors[k] = np.ones(shape, np.float32)
-        elif k.endswith("A_log"):
-            tensors[k] = np.log(rng.uniform(1, 16, shape)).astype(np.float32)
-        else:
-            tensors[k] = (rng.standard_normal(shape, dtype=np.float32) * 0.02)
+    """fla's 340M tensor shapes (tests/paper_shapes) filled with random numbers (fp32), exported."""
     d = tmp_path / name
-    d.mkdir()
-    shutil.copy(PAPER / name / "config.json", d / "config.json")
-    save_file(tensors, str(d / "model.safetensors"))
+    random_checkpoint(PAPER / name, d, np.random.default_rng(1), np.float32)
     out = tmp_path / f"{name}.{dtype}.bin"
     export(d, out, "--dtype", dtype)
     shutil.rmtree(d)
