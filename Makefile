@@ -27,9 +27,10 @@ NVCC ?= nvcc
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC) 2>/dev/null))
 CUDA_ARCH ?= -arch=sm_90
 CUDA_BIN ?= run
+NVCCFLAGS ?=
 cuda: run.c run_cuda.cu
 	$(CC) $(CFLAGS) -DUSE_CUDA -c -o $(CUDA_BIN).c.o run.c
-	$(NVCC) -O3 $(CUDA_ARCH) -c -o $(CUDA_BIN).cu.o run_cuda.cu
+	$(NVCC) -O3 $(CUDA_ARCH) $(NVCCFLAGS) -c -o $(CUDA_BIN).cu.o run_cuda.cu
 	$(CC) -o $(CUDA_BIN) $(CUDA_BIN).c.o $(CUDA_BIN).cu.o -L$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++ $(LDLIBS)
 	rm -f $(CUDA_BIN).c.o $(CUDA_BIN).cu.o
 

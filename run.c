@@ -165,7 +165,8 @@ static size_t linear_state_floats(const Config *c, int kind) {
     }
 }
 
-// run_cuda.cu includes the lines above for these types (HLA_TYPES_ONLY); the CPU program follows
+// run_cuda.cu includes the lines above for these types (HLA_TYPES_ONLY), and the run state's
+// below; the CPU program follows
 #ifndef HLA_TYPES_ONLY
 _Static_assert(sizeof(Config) <= HEADER_BYTES, "header");
 _Static_assert(sizeof(TensorEntry) == 128, "tensor entry");
@@ -447,6 +448,7 @@ static void load_model(Model *m, const char *path) {
 
 #define MAX_BATCH 128 // prompt tokens processed together
 
+#endif // HLA_TYPES_ONLY: run_cuda.cu copies the state to and from these (--save-state, --load-state)
 typedef struct {
     float *state;          // HGRN: [I]; matrix kinds: [heads][dv][dk] (row = value channel)
     float *conv_cache[3];  // [channels][K-1], oldest first
@@ -458,6 +460,7 @@ typedef struct Gpu Gpu;     // run_cuda.cu's state of the same sequence (--devic
 typedef struct {
     LayerState *layers;
     Gpu *gpu;               // non-NULL: forward() runs on the GPU (run_cuda.cu)
+    int logits_on_gpu;      // generating there: the logits stay on the GPU for its sampler
     int max_batch;          // tokens per forward: MAX_BATCH, or the GPU's
     int pos;                // tokens seen so far
     int last_token;         // the last token fed (-1: none)
@@ -472,6 +475,7 @@ typedef struct {
     float *logits;          // [B][vocab]
     size_t proj;            // row length of q/k/v/g/f/o
 } RunState;
+#ifndef HLA_TYPES_ONLY
 
 static size_t max3(size_t a, size_t b, size_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
@@ -520,6 +524,11 @@ Gpu *cuda_init(const Model *m, int ctx, int quiet);
 void cuda_forward(Gpu *g, const int *tokens, int T, int pos, int all_logits, float *logits);
 void cuda_reset(Gpu *g);
 int cuda_max_batch(void);
+int cuda_can_sample(const Gpu *g);
+int cuda_sample(Gpu *g, float temperature, float topp, float minp, float repeat_penalty, int topk, const int *recent,
+                int n_recent, float coin);
+void cuda_state_to_host(Gpu *g, RunState *s);
+void cuda_state_from_host(Gpu *g, RunState *s);
 #endif
 
 // back to an empty sequence: zero states, conv caches and position (KV rows are overwritten as they fill)
@@ -1532,9 +1541,10 @@ static void forward(const Model *m, RunState *s, const int *tokens, int T, int a
     int D = c->dim, pos = s->pos;
 #ifdef USE_CUDA
     if (s->gpu) {
-        cuda_forward(s->gpu, tokens, T, pos, all_logits, s->logits);
+        cuda_forward(s->gpu, tokens, T, pos, all_logits, s->logits_on_gpu ? NULL : s->logits);
         s->pos += T;
         s->last_token = tokens[T - 1];
+        if (verbose) { cuda_state_to_host(s->gpu, s); print_state_norms(m, s); }
         return;
     }
 #endif
@@ -2196,6 +2206,9 @@ static double peak_memory_mb(void) {
 static void generate(const Model *m, RunState *s, const Tokenizer *tok, Sampler *sp, const int *prompt, int n_prompt,
                      int steps, int one_by_one, int print_ids, int quiet) {
     int V = m->c.vocab_size;
+#ifdef USE_CUDA
+    s->logits_on_gpu = s->gpu && cuda_can_sample(s->gpu);
+#endif
     double t0 = now_seconds();
     feed(m, s, prompt, n_prompt, one_by_one, NULL);
     double t1 = now_seconds();
@@ -2205,8 +2218,14 @@ static void generate(const Model *m, RunState *s, const Tokenizer *tok, Sampler 
     DecodeStream ds;
     decode_init(&ds);
     for (int i = 0; i < steps; i++) {
-        int window = n_recent < 64 ? n_recent : 64;
-        int next = sample(sp, s->logits, V, recent + n_recent - window, window);
+        int window = n_recent < 64 ? n_recent : 64, next;
+#ifdef USE_CUDA
+        if (s->logits_on_gpu) // the same sampler on the GPU, with the same random draw
+            next = cuda_sample(s->gpu, sp->temperature, sp->topp, sp->minp, sp->repeat_penalty, sp->topk,
+                               recent + n_recent - window, window, sp->temperature == 0.0f ? 0.0f : random_f32(&sp->rng));
+        else
+#endif
+            next = sample(sp, s->logits, V, recent + n_recent - window, window);
         recent[n_recent++] = next;
         generated++;
         if (print_ids) printf(i ? " %d" : "%d", next);
@@ -2301,7 +2320,10 @@ static size_t conv_cache_floats(const Model *m, int l, int i) {
     return (size_t)m->layers[l].conv_channels[i] * (m->c.conv_size - 1);
 }
 
-static void save_state(const Model *m, const RunState *s, const char *path) {
+static void save_state(const Model *m, RunState *s, const char *path) {
+#ifdef USE_CUDA
+    if (s->gpu) cuda_state_to_host(s->gpu, s);
+#endif
     FILE *f = fopen(path, "wb");
     if (!f) fatal("%s: cannot open for writing (%s)", path, strerror(errno));
     int rows = s->pos < s->kv_capacity ? s->pos : s->kv_capacity;
@@ -2362,6 +2384,9 @@ static void load_state(const Model *m, RunState *s, const char *path) {
     fclose(f);
     s->pos = h.pos;
     s->last_token = h.last_token;
+#ifdef USE_CUDA
+    if (s->gpu) cuda_state_from_host(s->gpu, s);
+#endif
 }
 
 static void print_info(const Model *m, int ctx) {
@@ -2611,10 +2636,6 @@ int main(int argc, char **argv) {
     }
 
     if (!model_path) usage();
-    if (gpu) {
-        if (save_state_path || load_state_path || verbose)
-            fatal("--save-state, --load-state and --verbose read the CPU's state: not available with --device cuda");
-    }
 #ifdef USE_OPENBLAS
     openblas_set_num_threads(n_threads);
 #endif

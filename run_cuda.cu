@@ -20,8 +20,9 @@
    - Recurrences: one warp owns ROWS rows of a head's state (value channels), each lane
      dk/32 columns of them, in registers, for the whole prompt; per token only q, k, v and the
      gates are read.
-   - Sampling: run.c's sampler picks the token from the logits copied back (see sample_gpu
-     for the greedy and temperature paths on the GPU). */
+   - Sampling: when generating, the logits stay on the device and one block picks the token
+     as run.c's sampler would (cuda_sample: a bisection on probability values instead of a
+     sort); only the token id comes back. Other modes copy the logits back. */
 
 #define HLA_TYPES_ONLY
 #include "run.c"
@@ -31,7 +32,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#define GPU_MAX_BATCH 1024 // prompt tokens per forward (run.c's MAX_BATCH is 64)
+#define GPU_MAX_BATCH 1024 // prompt tokens per forward (run.c's MAX_BATCH is 128)
 #define ROWS 4             // state rows (value channels) per warp in the recurrences
 #define MAX_GEMV_JOBS 6
 
@@ -116,14 +117,25 @@ __device__ static float weight_at(const Matrix &w, size_t i) {
 enum { NORM_NONE, NORM_RMS, NORM_GROUP };
 struct Prologue { int kind; const float *w, *gate; int group; float eps; };
 
-__device__ static void prologue_row(float *dst, const float *x, const float *gate, Prologue p, int n) {
+/* Where x[i] goes in a GEMV's shared memory (per_chunk: the floats one 16-byte chunk of
+   weights multiplies; 0: in order). Per 32 consecutive chunks, the chunk's floats in float4
+   pieces, piece-major: the 32 lanes of a warp, reading piece h of their 32 consecutive chunks,
+   then read 512 consecutive bytes (in order, bf16's 32-byte stride would be a 2-way bank
+   conflict and q8's 64-byte one 4-way). */
+__device__ static int xs_index(int i, int per_chunk) {
+    if (per_chunk <= 4) return i;
+    int c = i / per_chunk, e = i % per_chunk;
+    return (c / 32) * per_chunk * 32 + ((e / 4) * 32 + c % 32) * 4 + e % 4;
+}
+
+__device__ static void prologue_row(float *dst, const float *x, const float *gate, Prologue p, int n, int per_chunk = 0) {
     if (p.kind == NORM_NONE) {
-        for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = x[i];
+        for (int i = threadIdx.x; i < n; i += blockDim.x) dst[xs_index(i, per_chunk)] = x[i];
     } else if (p.kind == NORM_RMS) {
         float ss = 0.0f;
         for (int i = threadIdx.x; i < n; i += blockDim.x) ss += x[i] * x[i];
         float r = 1.0f / sqrtf(block_sum(ss) / n + p.eps);
-        for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = x[i] * r * p.w[i];
+        for (int i = threadIdx.x; i < n; i += blockDim.x) dst[xs_index(i, per_chunk)] = x[i] * r * p.w[i];
     } else { // one warp per group
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, G = p.group;
         for (int g = warp; g < n / G; g += blockDim.x >> 5) {
@@ -133,7 +145,7 @@ __device__ static void prologue_row(float *dst, const float *x, const float *gat
             float r = 1.0f / sqrtf(warp_sum(ss) / G + p.eps);
             for (int i = lane; i < G; i += 32) {
                 float y = xg[i] * r * p.w[i];
-                dst[(size_t)g * G + i] = gate ? y * silu(gate[(size_t)g * G + i]) : y;
+                dst[xs_index(g * G + i, per_chunk)] = gate ? y * silu(gate[(size_t)g * G + i]) : y;
             }
         }
     }
@@ -153,19 +165,23 @@ enum { OUT_STORE, OUT_ADD, OUT_GLU };
 struct GemvJob { Matrix w; float *out; int mode; };
 struct GemvJobs { GemvJob job[MAX_GEMV_JOBS]; int n, first_row[MAX_GEMV_JOBS + 1]; };
 
-// 16 bytes of a row (4, 8 or 16 weights of the dtype) times the matching x
-template <int DTYPE> __device__ static float chunk_dot(int4 v, const float *x) {
+// 16 bytes of a row (4, 8 or 16 weights of the dtype) times the matching x: its float4 pieces
+// xq[0], xq[32], ... (xs_index)
+template <int DTYPE> __device__ static float chunk_dot(int4 v, const float4 *xq) {
     float s = 0.0f;
     if (DTYPE == DTYPE_F32) {
+        float4 x = xq[0];
         const float *f = (const float *)&v;
-#pragma unroll
-        for (int i = 0; i < 4; i++) s += f[i] * x[i];
+        s = f[0] * x.x + f[1] * x.y + f[2] * x.z + f[3] * x.w;
     } else if (DTYPE == DTYPE_Q8) {
         const int8_t *b = (const int8_t *)&v;
 #pragma unroll
-        for (int i = 0; i < 16; i++) s += (float)b[i] * x[i];
-    } else { // x is 32-byte aligned here: two float4 reads
-        float4 x0 = ((const float4 *)x)[0], x1 = ((const float4 *)x)[1];
+        for (int h = 0; h < 4; h++) {
+            float4 x = xq[32 * h];
+            s += (float)b[4 * h] * x.x + (float)b[4 * h + 1] * x.y + (float)b[4 * h + 2] * x.z + (float)b[4 * h + 3] * x.w;
+        }
+    } else {
+        float4 x0 = xq[0], x1 = xq[32];
         float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
 #pragma unroll
         for (int i = 0; i < 4; i++) {
@@ -176,47 +192,89 @@ template <int DTYPE> __device__ static float chunk_dot(int4 v, const float *x) {
     return s;
 }
 
-/* One warp streams one row (two with GLU) in 16-byte chunks, GEMV_UNROLL chunks per lane in
-   flight: the first ones are requested before the prologue, so the weights are on their way
-   while x is normalised; each later batch is requested before the previous one is used. */
+/* All rows of one launch share the input x, so every row is the same number of 16-byte
+   chunks. The grid fills the GPU once (gemv_launch), and each block normalises x into shared
+   memory once (the prologue); then each warp walks its rows (row w, w + n_warps, ...; a GLU
+   row is two units, the gate's row and then the up's) as one stream of batches of
+   GEMV_UNROLL chunks per lane, two batches in flight: the one after next, of the same row or
+   of the next one, is requested as soon as a batch is summed, so every warp keeps loads in
+   flight across its row ends, and the first two are on their way while the prologue runs.
+   (One block per 8 rows, each redoing the prologue before most of its loads and one batch in
+   flight per warp, reached ~1.3 TB/s of the H100's 3.) */
 #define GEMV_WARPS 8
-#define GEMV_UNROLL 4
-template <int DTYPE> struct RowStream {
-    static constexpr int PER_CHUNK = DTYPE == DTYPE_F32 ? 4 : DTYPE == DTYPE_Q8 ? 16 : 8;
-    const int4 *row;
-    const float *scales; // q8: this row's scales
-    int n_chunks, lane;  // n_chunks 0: the row is not whole 16-byte chunks (the plain loop)
-    int4 next[GEMV_UNROLL];
-    __device__ RowStream(const Matrix &w, int r, int lane_) : lane(lane_) {
-        size_t esize = DTYPE == DTYPE_F32 ? 4 : DTYPE == DTYPE_Q8 ? 1 : 2, bytes = (size_t)w.cols * esize;
-        row = (const int4 *)((const uint8_t *)w.data + (size_t)r * bytes);
-        scales = DTYPE == DTYPE_Q8 ? w.scales + (size_t)r * w.cols / Q8_GROUP : nullptr;
-        n_chunks = bytes % 16 == 0 ? (int)(bytes / 16) : 0;
+#ifndef GEMV_UNROLL
+#define GEMV_UNROLL 4 // 16-byte loads per lane per batch (make cuda NVCCFLAGS=-DGEMV_UNROLL=8 to try others)
+#endif
+struct GemvCursor { int row, part, base; }; // row of the launch, 0 / 1 (GLU: gate / up), first chunk of the batch
+
+template <int DTYPE> struct GemvStream {
+    static constexpr int PER_CHUNK = DTYPE == DTYPE_F32 ? 4 : DTYPE == DTYPE_Q8 ? 16 : 8; // weights per 16 bytes
+    const GemvJobs &jobs;
+    int n_chunks, n_rows, n_warps, lane;
+    // the job and its row r that a cursor is in
+    __device__ int job_of(const GemvCursor &at, int *r) const {
+        int j = 0;
+        while (at.row >= jobs.first_row[j + 1]) j++; // an up job adds no rows: skipped here, reached by part 1
+        *r = at.row - jobs.first_row[j];
+        return j + at.part;
     }
-    __device__ void fetch(int base) {
+    __device__ const int4 *row_chunks(int j, int r) const {
+        return (const int4 *)((const uint8_t *)jobs.job[j].w.data + (size_t)r * n_chunks * 16);
+    }
+    __device__ void advance(GemvCursor &at) const {
+        if (at.row >= n_rows) return; // past the warp's last row: stays there
+        at.base += 32 * GEMV_UNROLL;
+        if (at.base < n_chunks) return;
+        int r, j = job_of(at, &r);
+        at.base = 0;
+        if (at.part == 0 && jobs.job[j].mode == OUT_GLU) at.part = 1;
+        else { at.part = 0; at.row += n_warps; }
+    }
+    __device__ void fetch(const GemvCursor &at, int4 *buf) const {
+        if (at.row >= n_rows) return;
+        int r, j = job_of(at, &r);
+        const int4 *row = row_chunks(j, r);
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) {
-            int c = base + lane + 32 * u;
-            if (c < n_chunks) next[u] = __ldg(row + c);
+            int c = at.base + lane + 32 * u;
+            if (c < n_chunks) buf[u] = __ldg(row + c);
         }
     }
-    __device__ float dot(const float *x) { // after fetch(0)
-        float s = 0.0f;
-        for (int base = 0; base < n_chunks; base += 32 * GEMV_UNROLL) {
-            int4 cur[GEMV_UNROLL];
+    // one batch (fetched into buf) into the running sum; at a unit's end, its output
+    __device__ void consume(const GemvCursor &at, const int4 *buf, const float *xs, float &s, float &gate) const {
+        int r, j = job_of(at, &r);
+        const float *scales = DTYPE == DTYPE_Q8 ? jobs.job[j].w.scales + (size_t)r * n_chunks * PER_CHUNK / Q8_GROUP : nullptr;
 #pragma unroll
-            for (int u = 0; u < GEMV_UNROLL; u++) cur[u] = next[u];
-            fetch(base + 32 * GEMV_UNROLL);
-#pragma unroll
-            for (int u = 0; u < GEMV_UNROLL; u++) {
-                int c = base + lane + 32 * u;
-                if (c < n_chunks) {
-                    float part = chunk_dot<DTYPE>(cur[u], x + (size_t)c * PER_CHUNK);
-                    s += DTYPE == DTYPE_Q8 ? part * scales[c * PER_CHUNK / Q8_GROUP] : part;
-                }
+        for (int u = 0; u < GEMV_UNROLL; u++) {
+            int c = at.base + lane + 32 * u;
+            if (c < n_chunks) {
+                float part = chunk_dot<DTYPE>(buf[u], (const float4 *)xs + (c / 32) * 32 * (PER_CHUNK / 4) + c % 32);
+                s += DTYPE == DTYPE_Q8 ? part * scales[c * PER_CHUNK / Q8_GROUP] : part;
             }
         }
-        return s;
+        if (at.base + 32 * GEMV_UNROLL < n_chunks) return; // the unit goes on in the next batch
+        float y = warp_sum(s);
+        s = 0.0f;
+        const GemvJob &job = jobs.job[j - at.part]; // GLU: the gate's job holds the output
+        if (job.mode == OUT_GLU && at.part == 0) { gate = y; return; }
+        if (job.mode == OUT_GLU) y = silu(gate) * y;
+        if (lane == 0) job.out[r] = job.mode == OUT_ADD ? job.out[r] + y : y;
+    }
+    // the warp's rows, two batches in flight: while one is summed the next is on its way
+    // (a and b were fetched for the first two cursors before the prologue)
+    __device__ void run(GemvCursor at, GemvCursor bt, int4 *a, int4 *b, const float *xs) const {
+        float s = 0.0f, gate = 0.0f;
+        while (at.row < n_rows) {
+            consume(at, a, xs, s, gate);
+            at = bt;
+            advance(at);
+            fetch(at, a);
+            if (bt.row >= n_rows) break;
+            consume(bt, b, xs, s, gate);
+            bt = at;
+            advance(bt);
+            fetch(bt, b);
+        }
     }
 };
 
@@ -227,24 +285,32 @@ __device__ static float dot_row_plain(const Matrix &w, int r, const float *x, in
     return s;
 }
 
-template <int DTYPE> __global__ void gemv_kernel(GemvJobs jobs, const float *x, Prologue p, int cols) {
+template <int DTYPE> __global__ void gemv_kernel(GemvJobs jobs, const float *x, Prologue p, int cols, int n_rows) {
     extern __shared__ float xs[];
-    int lane = threadIdx.x & 31, row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    int j = 0;
-    while (j < jobs.n && row >= jobs.first_row[j + 1]) j++;
-    bool active = j < jobs.n;
-    const GemvJob &job = jobs.job[active ? j : 0];
-    int r = active ? row - jobs.first_row[j] : 0;
-    bool glu = active && job.mode == OUT_GLU;
-    RowStream<DTYPE> a(job.w, r, lane), b(glu ? jobs.job[j + 1].w : job.w, r, lane);
-    if (active) a.fetch(0);
-    if (glu) b.fetch(0);
-    prologue_row(xs, x, p.gate, p, cols);
+    int esize = DTYPE == DTYPE_F32 ? 4 : DTYPE == DTYPE_Q8 ? 1 : 2, row_bytes = cols * esize;
+    GemvStream<DTYPE> st{jobs, row_bytes % 16 == 0 ? row_bytes / 16 : 0, n_rows, (int)gridDim.x * GEMV_WARPS, (int)threadIdx.x & 31};
+    GemvCursor first = {(int)(blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5)), 0, 0}, second = first;
+    st.advance(second);
+    int4 a[GEMV_UNROLL], b[GEMV_UNROLL];
+    if (st.n_chunks) { st.fetch(first, a); st.fetch(second, b); }
+    // launched as a programmatic dependent (gemv_launch): the weights above need nothing from
+    // the kernel before this one, x does; let the next GEMV start as this one's blocks finish
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+    prologue_row(xs, x, p.gate, p, cols, st.n_chunks ? GemvStream<DTYPE>::PER_CHUNK : 0);
     __syncthreads();
-    if (!active) return;
-    float y = warp_sum(a.n_chunks ? a.dot(xs) : dot_row_plain(job.w, r, xs, lane));
-    if (glu) y = silu(y) * warp_sum(b.n_chunks ? b.dot(xs) : dot_row_plain(jobs.job[j + 1].w, r, xs, lane));
-    if (lane == 0) job.out[r] = job.mode == OUT_ADD ? job.out[r] + y : y;
+    if (st.n_chunks) { st.run(first, second, a, b, xs); return; }
+    for (int row = first.row; row < n_rows; row += st.n_warps) { // odd widths (tiny test models)
+        int j = 0;
+        while (row >= jobs.first_row[j + 1]) j++;
+        const GemvJob &job = jobs.job[j];
+        int r = row - jobs.first_row[j];
+        float y = warp_sum(dot_row_plain(job.w, r, xs, st.lane));
+        if (job.mode == OUT_GLU) y = silu(y) * warp_sum(dot_row_plain(jobs.job[j + 1].w, r, xs, st.lane));
+        if (st.lane == 0) job.out[r] = job.mode == OUT_ADD ? job.out[r] + y : y;
+    }
 }
 
 // the prompt path's elementwise pieces
@@ -317,6 +383,8 @@ struct Gpu {
     const float *final_norm, *rope_inv_freq_attn, *rope_inv_freq_retnet;
     float **state, **conv_cache[3], **key_cache, **value_cache; // per layer
     int kv_capacity, max_batch, pos;
+    int n_sms;                       // streaming multiprocessors (GEMV grid size)
+    int dependent_launch;            // GEMVs as programmatic dependent launches (gemv_launch)
     float *x, *xb, *q, *k, *v, *g, *f, *a, *b, *o, *low_rank, *hb, *hb2, *logits;
     float *att;                      // attention's per-split partial results
     float *scores;                   // a prompt's attention scores [heads][T][keys], if they fit 1 GB
@@ -327,6 +395,8 @@ struct Gpu {
     int *tokens, *pos_dev;           // device copies of this step's tokens and first position
     int *io_host;                    // pinned: tokens then pos
     float *logits_host;              // pinned
+    int *sampled;                    // the sampler's token
+    size_t sample_smem;              // its shared memory (vocab_size floats), 0 if too large
     cudaStream_t stream;
     cublasHandle_t blas;
     cudaGraphExec_t decode_graph;    // the one-token step, captured on first use
@@ -421,6 +491,30 @@ static void short_conv(Gpu *gp, int T, int K, Convs cs) {
     }
 }
 
+/* One GEMV launch: as many blocks as fit on the GPU at once (fewer if there are fewer rows).
+   Launched with programmatic stream serialization (Hopper's programmatic dependent launch), so
+   its blocks may start while the kernel before it is finishing: each requests its first weights
+   and then waits (griddepcontrol.wait) for that kernel's results before reading x. In a graph,
+   this takes the gap between two kernels off the ~100 matrix-vector products of a token.
+   HLA_CUDA_PDL=0 launches them plainly (to measure the difference). */
+typedef void (*GemvKernel)(GemvJobs, const float *, Prologue, int, int);
+static void gemv_launch(Gpu *gp, GemvKernel kernel, const GemvJobs &js, const float *x, Prologue p, int cols, int rows, size_t smem) {
+    int per_sm = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, GEMV_WARPS * 32, smem));
+    int blocks = (rows + GEMV_WARPS - 1) / GEMV_WARPS, fit = (per_sm > 0 ? per_sm : 1) * gp->n_sms;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(blocks < fit ? blocks : fit);
+    cfg.blockDim = dim3(GEMV_WARPS * 32);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = gp->stream;
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = gp->dependent_launch ? 1 : 0;
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, js, x, p, cols, rows));
+}
+
 /* Matrix products of T tokens' inputs x [T][cols] (after the prologue) with several
    matrices: one GEMV launch for T == 1, cuBLAS GEMMs otherwise. */
 static void matmul(Gpu *gp, const float *x, int cols, Prologue p, int T, GemvJob *jobs, int n_jobs) {
@@ -440,13 +534,13 @@ static void matmul(Gpu *gp, const float *x, int cols, Prologue p, int T, GemvJob
             }
             if (!js.n) continue;
             js.first_row[js.n] = rows;
-            dim3 grid((rows + GEMV_WARPS - 1) / GEMV_WARPS), block(GEMV_WARPS * 32);
-            size_t smem = cols * sizeof(float);
+            size_t esize = dt == DTYPE_F32 ? 4 : dt == DTYPE_Q8 ? 1 : 2, chunks = cols * esize / 16; // xs_index's layout:
+            size_t smem = (cols * esize % 16 ? cols : (chunks + 31) / 32 * 32 * (16 / esize)) * sizeof(float); // whole 32-chunk blocks
             switch (dt) {
-            case DTYPE_F32: gemv_kernel<DTYPE_F32><<<grid, block, smem, gp->stream>>>(js, x, p, cols); break;
-            case DTYPE_F16: gemv_kernel<DTYPE_F16><<<grid, block, smem, gp->stream>>>(js, x, p, cols); break;
-            case DTYPE_BF16: gemv_kernel<DTYPE_BF16><<<grid, block, smem, gp->stream>>>(js, x, p, cols); break;
-            default: gemv_kernel<DTYPE_Q8><<<grid, block, smem, gp->stream>>>(js, x, p, cols); break;
+            case DTYPE_F32: gemv_launch(gp, gemv_kernel<DTYPE_F32>, js, x, p, cols, rows, smem); break;
+            case DTYPE_F16: gemv_launch(gp, gemv_kernel<DTYPE_F16>, js, x, p, cols, rows, smem); break;
+            case DTYPE_BF16: gemv_launch(gp, gemv_kernel<DTYPE_BF16>, js, x, p, cols, rows, smem); break;
+            default: gemv_launch(gp, gemv_kernel<DTYPE_Q8>, js, x, p, cols, rows, smem); break;
             }
             LAUNCH_CHECK();
         }
@@ -1098,12 +1192,173 @@ extern "C" void cuda_forward(Gpu *gp, const int *tokens, int T, int pos, int all
     } else {
         forward_device(gp, T, all_logits);
     }
+    gp->pos = pos + T;
+    if (!logits) { // they stay on the device for cuda_sample; a prompt is waited for (its time is reported)
+        if (T > 1) CUDA_CHECK(cudaStreamSynchronize(gp->stream));
+        return;
+    }
     size_t n = (size_t)(all_logits ? T : 1) * c->vocab_size;
     CUDA_CHECK(cudaMemcpyAsync(gp->logits_host, gp->logits, n * sizeof(float), cudaMemcpyDeviceToHost, gp->stream));
     CUDA_CHECK(cudaStreamSynchronize(gp->stream));
     memcpy(logits, gp->logits_host, n * sizeof(float));
     if (gp->n_marks) print_marks(gp, T);
-    gp->pos = pos + T;
+}
+
+// ----------------------------------------------------------------------------
+// Sampler: run.c's sample() on the logits of the last step, where they are (one block)
+
+/* run.c sorts the candidates (p >= min_p * p_max) by probability, keeps a prefix (top-k,
+   then top-p: up to the first token at which the running sum exceeds top_p), and walks the
+   prefix until the running sum exceeds r = coin * (the prefix's sum). Each such prefix is
+   {p >= tau} for some probability tau, so here every cut is a search for its tau instead of
+   a sort: the largest tau with count(p >= tau) >= k, or with mass(p >= tau) > m. Positive
+   floats order as their bit patterns, so a bisection over the bits finds tau exactly in at
+   most 31 steps, each one pass over the vocabulary (in shared memory) and a block sum. The
+   chosen token is then the least probable with p >= tau (the last of the walk; ties, which
+   run.c's qsort leaves in any order, go to the lowest id). Greedy (temperature 0) is an
+   argmax, the first of equal maxima as in run.c. */
+#define SAMPLE_THREADS 1024
+#define MAX_RECENT 64 // run.c's repetition window
+struct SampleArgs { float temperature, topp, minp, repeat_penalty, coin; int topk, n_recent, recent[MAX_RECENT]; };
+
+// (count, mass) of the probabilities >= tau, on every thread
+__device__ static float2 count_mass(const float *p, int n, float tau) {
+    float count = 0.0f, mass = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        if (p[i] >= tau) { count += 1.0f; mass += p[i]; }
+    count = block_sum(count);
+    return make_float2(count, block_sum(mass));
+}
+
+// the largest tau in [lo, hi] with count(p >= tau) >= k (k > 0) or mass(p >= tau) > m (k == 0); lo must have it
+__device__ static float largest_cut(const float *p, int n, float lo, float hi, int k, float m) {
+    unsigned a = __float_as_uint(lo), b = __float_as_uint(hi);
+    while (a < b) {
+        unsigned mid = a + (b - a + 1) / 2;
+        float2 cm = count_mass(p, n, __uint_as_float(mid));
+        if (k > 0 ? cm.x >= (float)k : cm.y > m) a = mid;
+        else b = mid - 1;
+    }
+    return __uint_as_float(a);
+}
+
+// the best (value, id) over the block: the largest value (or smallest), ties to the lowest id
+__device__ static int block_best(float v, int id, bool largest) {
+    __shared__ float vals[32];
+    __shared__ int ids[32];
+    for (int o = 16; o > 0; o >>= 1) {
+        float v2 = __shfl_xor_sync(0xffffffffu, v, o);
+        int id2 = __shfl_xor_sync(0xffffffffu, id, o);
+        if ((largest ? v2 > v : v2 < v) || (v2 == v && id2 < id)) { v = v2; id = id2; }
+    }
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) { vals[threadIdx.x >> 5] = v; ids[threadIdx.x >> 5] = id; }
+    __syncthreads();
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++)
+        if ((largest ? vals[w] > v : vals[w] < v) || (vals[w] == v && ids[w] < id)) { v = vals[w]; id = ids[w]; }
+    return id;
+}
+
+__global__ void sample_kernel(int *out, float *logits, int n, SampleArgs a) {
+    extern __shared__ float p[]; // the probabilities
+    if (threadIdx.x == 0) // CTRL-style repetition penalty, once per occurrence in the window (as run.c)
+        for (int i = 0; i < a.n_recent; i++) {
+            float *l = &logits[a.recent[i]];
+            *l = *l > 0 ? *l / a.repeat_penalty : *l * a.repeat_penalty;
+        }
+    __syncthreads();
+    if (a.temperature == 0.0f) { // greedy
+        float v = -INFINITY;
+        int id = n;
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+            if (logits[i] > v || id == n) { v = logits[i]; id = i; }
+        id = block_best(v, id, true);
+        if (threadIdx.x == 0) *out = id;
+        return;
+    }
+    float mx = -INFINITY; // softmax(logits / temperature)
+    for (int i = threadIdx.x; i < n; i += blockDim.x) mx = fmaxf(mx, logits[i] / a.temperature);
+    mx = block_max(mx);
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) sum += (p[i] = expf(logits[i] / a.temperature - mx));
+    sum = block_sum(sum);
+    float pmax = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) pmax = fmaxf(pmax, p[i] /= sum);
+    pmax = block_max(pmax);
+    float lo = a.minp * pmax; // the candidates: p >= lo
+    float2 cm = count_mass(p, n, lo);
+    if (a.topk > 0 && cm.x > (float)a.topk) {
+        lo = largest_cut(p, n, lo, pmax, a.topk, 0.0f);
+        cm = count_mass(p, n, lo);
+    }
+    if (a.topp < 1.0f && cm.y > a.topp) {
+        lo = largest_cut(p, n, lo, pmax, 0, a.topp);
+        cm = count_mass(p, n, lo);
+    }
+    float r = a.coin * cm.y;
+    float tau = cm.y > r ? largest_cut(p, n, lo, pmax, 0, r) : lo;
+    float v = INFINITY;
+    int id = n;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        if (p[i] >= tau && (p[i] < v || id == n)) { v = p[i]; id = i; }
+    id = block_best(v, id, false);
+    if (threadIdx.x == 0) *out = id;
+}
+
+// can the vocabulary's probabilities sit in one block's shared memory? (else run.c samples)
+extern "C" int cuda_can_sample(const Gpu *gp) { return gp->sample_smem > 0; }
+
+// the next token from the last step's logits (still on the device); coin: run.c's random draw
+extern "C" int cuda_sample(Gpu *gp, float temperature, float topp, float minp, float repeat_penalty, int topk,
+                           const int *recent, int n_recent, float coin) {
+    SampleArgs a = {temperature, topp, minp, repeat_penalty, coin, topk, 0, {0}};
+    a.n_recent = repeat_penalty != 1.0f ? (n_recent < MAX_RECENT ? n_recent : MAX_RECENT) : 0;
+    memcpy(a.recent, recent + (n_recent - a.n_recent), sizeof(int) * a.n_recent);
+    const Config *c = &gp->m->c;
+    sample_kernel<<<1, SAMPLE_THREADS, gp->sample_smem, gp->stream>>>(gp->sampled, gp->logits, c->vocab_size, a);
+    LAUNCH_CHECK();
+    CUDA_CHECK(cudaMemcpyAsync(gp->io_host, gp->sampled, sizeof(int), cudaMemcpyDeviceToHost, gp->stream));
+    CUDA_CHECK(cudaStreamSynchronize(gp->stream));
+    if (gp->n_marks) print_marks(gp, 1);
+    return gp->io_host[0];
+}
+
+// ----------------------------------------------------------------------------
+// The sequence state between the GPU and run.c's RunState (--save-state, --load-state,
+// --verbose): the same layouts, but the KV caches may hold a different number of rows
+// (rows are position % capacity on both sides).
+
+static void copy_state(Gpu *gp, RunState *s, int to_host) {
+    const Config *c = &gp->m->c;
+    cudaMemcpyKind kind = to_host ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice;
+#define COPY(host, dev, floats) CUDA_CHECK(to_host ? cudaMemcpy(host, dev, (floats) * sizeof(float), kind) : cudaMemcpy(dev, host, (floats) * sizeof(float), kind))
+    COPY(s->logits, gp->logits, (size_t)c->vocab_size);
+    size_t kv_dim = (size_t)c->attn_kv_heads * c->attn_head_dim;
+    int rows = s->pos < s->kv_capacity ? s->pos : s->kv_capacity;
+    if (rows > gp->kv_capacity) rows = gp->kv_capacity;
+    for (int l = 0; l < c->n_layers; l++) {
+        LayerState *ls = &s->layers[l];
+        if (ls->state) {
+            COPY(ls->state, gp->state[l], linear_state_floats(c, gp->layers[l].kind));
+            for (int i = 0; i < 3; i++)
+                if (ls->conv_cache[i]) COPY(ls->conv_cache[i], gp->conv_cache[i][l], (size_t)gp->layers[l].conv_channels[i] * (c->conv_size - 1));
+        } else
+            for (int p = s->pos - rows; p < s->pos; p++) {
+                size_t host_row = (size_t)(p % s->kv_capacity) * kv_dim, dev_row = (size_t)(p % gp->kv_capacity) * kv_dim;
+                COPY(ls->key_cache + host_row, gp->key_cache[l] + dev_row, kv_dim);
+                COPY(ls->value_cache + host_row, gp->value_cache[l] + dev_row, kv_dim);
+            }
+    }
+#undef COPY
+    gp->pos = s->pos;
+}
+extern "C" void cuda_state_to_host(Gpu *gp, RunState *s) {
+    CUDA_CHECK(cudaStreamSynchronize(gp->stream));
+    copy_state(gp, s, 1);
+}
+extern "C" void cuda_state_from_host(Gpu *gp, RunState *s) {
+    CUDA_CHECK(cudaStreamSynchronize(gp->stream));
+    copy_state(gp, s, 0);
 }
 
 // back to an empty sequence: zero states and conv caches (KV rows are overwritten as they fill)
@@ -1132,6 +1387,11 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     Gpu *gp = (Gpu *)xcalloc(1, sizeof(Gpu));
     gp->m = m;
     gp->max_batch = GPU_MAX_BATCH;
+    CUDA_CHECK(cudaDeviceGetAttribute(&gp->n_sms, cudaDevAttrMultiProcessorCount, 0));
+    int cc_major = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, 0));
+    const char *pdl = getenv("HLA_CUDA_PDL");
+    gp->dependent_launch = cc_major >= 9 && !(pdl && atoi(pdl) == 0);
     const char *timing = getenv("HLA_CUDA_TIMING");
     gp->timing = timing && atoi(timing) > 0;
     for (int i = 0; gp->timing && i < 4096; i++) CUDA_CHECK(cudaEventCreate(&gp->marks[i]));
@@ -1167,7 +1427,7 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     if (m->rope_inv_freq_retnet) gp->rope_inv_freq_retnet = upload(m->rope_inv_freq_retnet, (size_t)c->lin_head_k_dim / 2);
     if (largest_cols * sizeof(float) > 200 * 1024) fatal("%s: a matrix with %zu columns is too wide for the cuda backend", m->path, largest_cols);
     // GEMV's shared-memory input row: raise the 48 KB default
-    int smem = (int)(largest_cols * sizeof(float));
+    int smem = (int)((largest_cols + 32 * 16) * sizeof(float)); // + xs_index's padding
     CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_F32>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_F16>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
@@ -1216,6 +1476,13 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     gp->pos_dev = gp->tokens + B;
     CUDA_CHECK(cudaMallocHost(&gp->io_host, sizeof(int) * (B + 1)));
     CUDA_CHECK(cudaMallocHost(&gp->logits_host, B * c->vocab_size * sizeof(float)));
+    CUDA_CHECK(cudaMalloc(&gp->sampled, sizeof(int)));
+    int smem_max = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
+    if ((size_t)c->vocab_size * sizeof(float) + 1024 <= (size_t)smem_max) { // + block_sum's and block_best's own
+        gp->sample_smem = (size_t)c->vocab_size * sizeof(float);
+        CUDA_CHECK(cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gp->sample_smem));
+    }
     CUDA_CHECK(cudaDeviceSynchronize());
     // run both paths once (module loading, cuBLAS set-up, capturing the decode graph), so no
     // first-use cost lands in a timed step; then back to an empty sequence
