@@ -201,9 +201,11 @@ template <int DTYPE> __device__ static float chunk_dot(int4 v, const float4 *xq)
    flight across its row ends, and the first two are on their way while the prologue runs.
    (One block per 8 rows, each redoing the prologue before most of its loads and one batch in
    flight per warp, reached ~1.3 TB/s of the H100's 3.) */
+#ifndef GEMV_WARPS
 #define GEMV_WARPS 8
+#endif
 #ifndef GEMV_UNROLL
-#define GEMV_UNROLL 4 // 16-byte loads per lane per batch (make cuda NVCCFLAGS=-DGEMV_UNROLL=8 to try others)
+#define GEMV_UNROLL 4 // 16-byte loads per lane per batch (make cuda NVCCFLAGS=-DGEMV_UNROLL=8: measured no faster)
 #endif
 struct GemvCursor { int row, part, base; }; // row of the launch, 0 / 1 (GLU: gate / up), first chunk of the batch
 
