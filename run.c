@@ -1104,16 +1104,15 @@ static void matmul(float *out, const float *x, const Matrix *w, int T) {
 #ifdef USE_OPENBLAS
     if (T > 1) { matmul_blas(out, x, w, T); return; }
 #endif
+    float *packed = NULL;
     if (T > 1) { // x packed once for all threads
-        static float *packed = NULL;
-        static size_t packed_floats = 0;
-        size_t need = (size_t)(T + TILE_TOKENS - 1) / TILE_TOKENS * TILE_TOKENS * w->cols;
-        if (packed_floats < need) { free(packed); packed = xcalloc(need, sizeof(float)); packed_floats = need; }
+        packed = xcalloc((size_t)(T + TILE_TOKENS - 1) / TILE_TOKENS * TILE_TOKENS * w->cols, sizeof(float));
         pack_tokens(packed, x, T, w->cols);
         j.x_packed = packed;
     }
     if ((size_t)w->rows * w->cols * T < (1u << 15)) matmul_rows(&j, 0, 1); // too small to share
     else run_parallel(matmul_rows, &j);
+    free(packed);
 }
 
 /* RMSNorm: y = x / sqrt(mean(x^2) + eps) * w   (eps inside the root, added to the mean) */
