@@ -1197,6 +1197,7 @@ extern "C" void cuda_forward(Gpu *gp, const int *tokens, int T, int pos, int all
     gp->pos = pos + T;
     if (!logits) { // they stay on the device for cuda_sample; a prompt is waited for (its time is reported)
         if (T > 1) CUDA_CHECK(cudaStreamSynchronize(gp->stream));
+        if (T > 1 && gp->n_marks) print_marks(gp, T);
         return;
     }
     size_t n = (size_t)(all_logits ? T : 1) * c->vocab_size;
