@@ -1092,11 +1092,10 @@ static void matmul_blas(float *out, const float *x, const Matrix *w, int T) {
 
 static void matmul(float *out, const float *x, const Matrix *w, int T) {
     MatmulJob j = {out, x, w, T, NULL, NULL};
+    float *pairs = NULL; // (buffers per call: nothing outlives the run state)
 #ifdef SIMD_AVX512
     if (T == 1 && w->dtype == DTYPE_BF16 && w->cols % 32 == 0) { // once per matrix, for all threads
-        static float *pairs = NULL;
-        static int pairs_floats = 0;
-        if (pairs_floats < w->cols) { free(pairs); pairs = xcalloc((size_t)w->cols, sizeof(float)); pairs_floats = w->cols; }
+        pairs = xcalloc((size_t)w->cols, sizeof(float));
         bf16_pair_order(pairs, x, w->cols);
         j.x_pairs = pairs;
     }
@@ -1113,6 +1112,7 @@ static void matmul(float *out, const float *x, const Matrix *w, int T) {
     if ((size_t)w->rows * w->cols * T < (1u << 15)) matmul_rows(&j, 0, 1); // too small to share
     else run_parallel(matmul_rows, &j);
     free(packed);
+    free(pairs);
 }
 
 /* RMSNorm: y = x / sqrt(mean(x^2) + eps) * w   (eps inside the root, added to the mean) */
