@@ -449,6 +449,7 @@ static void load_model(Model *m, const char *path) {
 #define MAX_BATCH 128 // prompt tokens processed together
 
 #endif // HLA_TYPES_ONLY: run_cuda.cu copies the state to and from these (--save-state, --load-state)
+#define REPEAT_WINDOW 64 // the last tokens the sampler's repetition penalty looks at (run_cuda.cu's too)
 typedef struct {
     float *state;          // HGRN: [I]; matrix kinds: [heads][dv][dk] (row = value channel)
     float *conv_cache[3];  // [channels][K-1], oldest first
@@ -1029,8 +1030,8 @@ typedef struct {
 static void matmul_rows(void *arg, int thread, int nt) {
     MatmulJob *j = arg;
     const Matrix *w = j->w;
+    int r0 = (int)((long)w->rows * thread / nt), r1 = (int)((long)w->rows * (thread + 1) / nt);
     if (j->T == 1) {
-        int r0 = (int)((long)w->rows * thread / nt), r1 = (int)((long)w->rows * (thread + 1) / nt);
 #ifdef SIMD_AVX512
         if (j->x_pairs) {
             for (int r = r0; r < r1; r++) j->out[r] = dot_bf16_pairs_512((const uint16_t *)w->data + (size_t)r * w->cols, j->x_pairs, w->cols);
@@ -1041,7 +1042,6 @@ static void matmul_rows(void *arg, int thread, int nt) {
         return;
     }
     // a batch: TILE_ROWS rows (as fp32) at a time times every group of tokens
-    int r0 = (int)((long)w->rows * thread / nt), r1 = (int)((long)w->rows * (thread + 1) / nt);
     float *rows = w->dtype == DTYPE_F32 ? NULL : malloc(sizeof(float) * TILE_ROWS * w->cols);
     if (w->dtype != DTYPE_F32 && !rows) fatal("out of memory");
     for (int r = r0; r < r1; r += TILE_ROWS) {
@@ -2305,7 +2305,7 @@ static void generate(const Model *m, RunState *s, const Tokenizer *tok, Sampler 
     DecodeStream ds;
     decode_init(&ds);
     for (int i = 0; i < steps; i++) {
-        int window = n_recent < 64 ? n_recent : 64, next;
+        int window = n_recent < REPEAT_WINDOW ? n_recent : REPEAT_WINDOW, next;
 #ifdef USE_CUDA
         if (s->logits_on_gpu) // the same sampler on the GPU, with the same random draw
             next = cuda_sample(s->gpu, sp->temperature, sp->topp, sp->minp, sp->repeat_penalty, sp->topk,

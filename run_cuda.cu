@@ -1221,8 +1221,7 @@ extern "C" void cuda_forward(Gpu *gp, const int *tokens, int T, int pos, int all
    run.c's qsort leaves in any order, go to the lowest id). Greedy (temperature 0) is an
    argmax, the first of equal maxima as in run.c. */
 #define SAMPLE_THREADS 1024
-#define MAX_RECENT 64 // run.c's repetition window
-struct SampleArgs { float temperature, topp, minp, repeat_penalty, coin; int topk, n_recent, recent[MAX_RECENT]; };
+struct SampleArgs { float temperature, topp, minp, repeat_penalty, coin; int topk, n_recent, recent[REPEAT_WINDOW]; };
 
 // (count, mass) of the probabilities >= tau, on every thread
 __device__ static float2 count_mass(const float *p, int n, float tau) {
@@ -1315,7 +1314,7 @@ extern "C" int cuda_can_sample(const Gpu *gp) { return gp->sample_smem > 0; }
 extern "C" int cuda_sample(Gpu *gp, float temperature, float topp, float minp, float repeat_penalty, int topk,
                            const int *recent, int n_recent, float coin) {
     SampleArgs a = {temperature, topp, minp, repeat_penalty, coin, topk, 0, {0}};
-    a.n_recent = repeat_penalty != 1.0f ? (n_recent < MAX_RECENT ? n_recent : MAX_RECENT) : 0;
+    a.n_recent = repeat_penalty != 1.0f ? (n_recent < REPEAT_WINDOW ? n_recent : REPEAT_WINDOW) : 0;
     memcpy(a.recent, recent + (n_recent - a.n_recent), sizeof(int) * a.n_recent);
     const Config *c = &gp->m->c;
     sample_kernel<<<1, SAMPLE_THREADS, gp->sample_smem, gp->stream>>>(gp->sampled, gp->logits, c->vocab_size, a);

@@ -160,6 +160,7 @@ def test_cpu_and_cuda_agree_at_paper_shape(name, tmp_path):
 
 
 DEMO = REPO / "models" / "shakespeare_gdn.bin"
+DEMO_PROMPT = ",".join((REPO / "models" / "shakespeare_val.ids").read_text().split()[:20])  # 20 validation token ids
 
 
 @gpu
@@ -169,10 +170,9 @@ def test_gpu_sampler_picks_the_cpu_samplers_tokens(options):
     """--device cuda samples on the GPU (a bisection on probability values, no sort) from the
     logits it keeps there; with the same seed it must pick the tokens run.c's sampler picks
     from the CPU's logits (the trained demo model: 32000 tokens, peaked distributions)"""
-    prompt = ",".join(map(str, DEMO.with_name("shakespeare_val.ids").read_text().split()[:20]))
     runs = {}
     for device in ("cpu", "cuda"):
-        runs[device] = [run_tool(DEMO, "--tokens", prompt, "-n", 150, "-s", seed, *options, "--ids", "--quiet",
+        runs[device] = [run_tool(DEMO, "--tokens", DEMO_PROMPT, "-n", 150, "-s", seed, *options, "--ids", "--quiet",
                                  "--device", device).stdout.split() for seed in (1, 2, 3)]
     for cpu, cuda in zip(runs["cpu"], runs["cuda"]):
         same = next((i for i, (a, b) in enumerate(zip(cpu, cuda)) if a != b), len(cpu))
@@ -186,8 +186,7 @@ def test_gpu_sampler_over_the_whole_vocabulary_draws_as_the_cpu_does():
     sequential float sum over the sorted list and the GPU's block sums differ by more than a
     tail token's probability, and the two devices' logits differ in the last bits anyway; so
     here one draw per seed (the first token), and most must agree"""
-    prompt = ",".join(map(str, DEMO.with_name("shakespeare_val.ids").read_text().split()[:20]))
-    draws = {device: [run_tool(DEMO, "--tokens", prompt, "-n", 1, "-s", seed, "-t", "1", "-p", "1", "--ids", "--quiet",
+    draws = {device: [run_tool(DEMO, "--tokens", DEMO_PROMPT, "-n", 1, "-s", seed, "-t", "1", "-p", "1", "--ids", "--quiet",
                                "--device", device).stdout.split()[0] for seed in range(1, 41)] for device in ("cpu", "cuda")}
     agree = sum(a == b for a, b in zip(draws["cpu"], draws["cuda"]))
     print(f"-t 1 -p 1: {agree} of 40 first draws equal; {len(set(draws['cuda']))} distinct tokens")
