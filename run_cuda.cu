@@ -65,6 +65,15 @@ __device__ static float apply_feature_map(int fmap, float x) {
     }
 }
 
+// the start of every kernel: wait until the kernel before it on the stream has finished (its
+// writes visible), then let the next one's blocks be scheduled (see launch())
+__device__ static void wait_for_inputs() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
 __device__ static float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
@@ -153,6 +162,7 @@ __device__ static void prologue_row(float *dst, const float *x, const float *gat
 
 // the prologue for T tokens at once (prompt path): one block per token
 __global__ void prologue_kernel(float *out, const float *x, Prologue p, int n) {
+    wait_for_inputs();
     int t = blockIdx.x;
     prologue_row(out + (size_t)t * n, x + (size_t)t * n, p.gate ? p.gate + (size_t)t * n : nullptr, p, n);
 }
@@ -207,6 +217,14 @@ template <int DTYPE> __device__ static float chunk_dot(int4 v, const float4 *xq)
 #ifndef GEMV_UNROLL
 #define GEMV_UNROLL 4 // 16-byte loads per lane per batch (make cuda NVCCFLAGS=-DGEMV_UNROLL=8: measured no faster)
 #endif
+#ifndef GEMV_LOAD
+#define GEMV_LOAD __ldg // how a lane loads its 16 bytes of weights
+#endif
+__device__ static int4 ldg_no_l1(const int4 *p) { // read-only, not kept in L1
+    int4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.s32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
 struct GemvCursor { int row, part, base; }; // row of the launch, 0 / 1 (GLU: gate / up), first chunk of the batch
 
 template <int DTYPE> struct GemvStream {
@@ -239,7 +257,7 @@ template <int DTYPE> struct GemvStream {
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) {
             int c = at.base + lane + 32 * u;
-            if (c < n_chunks) buf[u] = __ldg(row + c);
+            if (c < n_chunks) buf[u] = GEMV_LOAD(row + c);
         }
     }
     // one batch (fetched into buf) into the running sum; at a unit's end, its output
@@ -295,12 +313,8 @@ template <int DTYPE> __global__ void gemv_kernel(GemvJobs jobs, const float *x, 
     st.advance(second);
     int4 a[GEMV_UNROLL], b[GEMV_UNROLL];
     if (st.n_chunks) { st.fetch(first, a); st.fetch(second, b); }
-    // launched as a programmatic dependent (gemv_launch): the weights above need nothing from
-    // the kernel before this one, x does; let the next GEMV start as this one's blocks finish
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;");
-#endif
+    // the weights above need nothing from the kernel before this one (see launch()), x does
+    wait_for_inputs();
     prologue_row(xs, x, p.gate, p, cols, st.n_chunks ? GemvStream<DTYPE>::PER_CHUNK : 0);
     __syncthreads();
     if (st.n_chunks) { st.run(first, second, a, b, xs); return; }
@@ -317,18 +331,22 @@ template <int DTYPE> __global__ void gemv_kernel(GemvJobs jobs, const float *x, 
 
 // the prompt path's elementwise pieces
 __global__ void glu_kernel(float *gate, const float *up, size_t n) {
+    wait_for_inputs();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         gate[i] = silu(gate[i]) * up[i];
 }
 __global__ void to_bf16_kernel(__nv_bfloat16 *out, const float *x, size_t n) {
+    wait_for_inputs();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         out[i] = __float2bfloat16(x[i]);
 }
 __global__ void to_f16_kernel(__half *out, const float *x, size_t n) {
+    wait_for_inputs();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         out[i] = __float2half(x[i]);
 }
 __global__ void q8_to_bf16_kernel(__nv_bfloat16 *out, Matrix w) {
+    wait_for_inputs();
     size_t n = (size_t)w.rows * w.cols;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         out[i] = __float2bfloat16(weight_at(w, i));
@@ -336,6 +354,7 @@ __global__ void q8_to_bf16_kernel(__nv_bfloat16 *out, Matrix w) {
 
 // embeddings: x[t] = E[token_t]
 __global__ void embed_kernel(float *x, Matrix E, const int *tokens) {
+    wait_for_inputs();
     int t = blockIdx.x;
     for (int d = threadIdx.x; d < E.cols; d += blockDim.x) x[(size_t)t * E.cols + d] = weight_at(E, (size_t)tokens[t] * E.cols + d);
 }
@@ -344,6 +363,7 @@ __global__ void embed_kernel(float *x, Matrix E, const int *tokens) {
      y_t[c] = sum_{j=0}^{K-1} w[c][j] x_{t-(K-1)+j}[c]   (inputs before the first token come from the cache)
    written out of place, then the cache takes the last K-1 inputs and y goes back into x. */
 __global__ void short_conv_kernel(float *y, const float *x, int T, int channels, const float *cache, const float *w, int K, int use_silu) {
+    wait_for_inputs();
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (i >= (size_t)T * channels) return;
     int t = (int)(i / channels), c = (int)(i % channels);
@@ -356,6 +376,7 @@ __global__ void short_conv_kernel(float *y, const float *x, int T, int channels,
     y[i] = use_silu ? silu(sum) : sum;
 }
 __global__ void conv_cache_kernel(float *cache, const float *x, int T, int channels, int K) {
+    wait_for_inputs();
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= channels || K < 2) return;
     float hist[8]; // K <= 9 (checked at init): the last K-1 inputs of old cache ++ x
@@ -386,7 +407,8 @@ struct Gpu {
     float **state, **conv_cache[3], **key_cache, **value_cache; // per layer
     int kv_capacity, max_batch, pos;
     int n_sms;                       // streaming multiprocessors (GEMV grid size)
-    int dependent_launch;            // GEMVs as programmatic dependent launches (gemv_launch)
+    int dependent_launch;            // kernels as programmatic dependent launches (launch)
+    int gemv_blocks_per_sm;          // HLA_CUDA_GEMV_BLOCKS: a cap on GEMV blocks per multiprocessor (0: as many as fit)
     float *x, *xb, *q, *k, *v, *g, *f, *a, *b, *o, *low_rank, *hb, *hb2, *logits;
     float *att;                      // attention's per-split partial results
     float *scores;                   // a prompt's attention scores [heads][T][keys], if they fit 1 GB
@@ -435,6 +457,27 @@ static void print_marks(Gpu *gp, int T) {
     gp->n_marks = 0;
 }
 
+/* Every kernel is launched on the one stream as a programmatic dependent of the kernel before
+   it (Hopper's programmatic dependent launch; kept in the captured graph): its blocks may be
+   scheduled while that kernel is still running, and each kernel begins with
+   wait_for_inputs() (griddepcontrol.wait: the kernel before has finished and its writes are
+   visible), so the gap between two kernels shrinks to almost nothing. A GEMV requests its
+   first weights before waiting: they depend on nothing. HLA_CUDA_PDL=0 launches plainly. */
+template <typename... Params, typename... Args>
+static void launch(Gpu *gp, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Args &&...args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = gp->stream;
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = gp->dependent_launch ? 1 : 0;
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
 static Matrix on_device(const Gpu *gp, const Model *m, Matrix w) {
     if (!w.data) return w;
     w.data = gp->file + ((const uint8_t *)w.data - (const uint8_t *)m->map);
@@ -462,6 +505,7 @@ static float *zeros(size_t n) {
 struct Conv { float *x; int channels; float *cache; const float *w; int use_silu; };
 struct Convs { Conv conv[3]; int n; };
 __global__ void conv_step_kernel(Convs cs, int K) {
+    wait_for_inputs();
     int c = blockIdx.x * blockDim.x + threadIdx.x, i = 0;
     while (i < cs.n && c >= cs.conv[i].channels) c -= cs.conv[i++].channels;
     if (i == cs.n) return;
@@ -479,42 +523,30 @@ static void short_conv(Gpu *gp, int T, int K, Convs cs) {
     if (T == 1) {
         int channels = 0;
         for (int i = 0; i < cs.n; i++) channels += cs.conv[i].channels;
-        conv_step_kernel<<<(channels + 127) / 128, 128, 0, gp->stream>>>(cs, K);
+        launch(gp, conv_step_kernel, dim3((channels + 127) / 128), dim3(128), 0, cs, K);
         LAUNCH_CHECK();
         return;
     }
     for (int i = 0; i < cs.n; i++) {
         const Conv &cv = cs.conv[i];
         size_t n = (size_t)T * cv.channels;
-        short_conv_kernel<<<(unsigned)((n + 255) / 256), 256, 0, gp->stream>>>(gp->xb, cv.x, T, cv.channels, cv.cache, cv.w, K, cv.use_silu);
-        conv_cache_kernel<<<(cv.channels + 127) / 128, 128, 0, gp->stream>>>(cv.cache, cv.x, T, cv.channels, K);
+        launch(gp, short_conv_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, gp->xb, cv.x, T, cv.channels, cv.cache, cv.w, K, cv.use_silu);
+        launch(gp, conv_cache_kernel, dim3((cv.channels + 127) / 128), dim3(128), 0, cv.cache, cv.x, T, cv.channels, K);
         LAUNCH_CHECK();
         CUDA_CHECK(cudaMemcpyAsync(cv.x, gp->xb, n * sizeof(float), cudaMemcpyDeviceToDevice, gp->stream));
     }
 }
 
-/* One GEMV launch: as many blocks as fit on the GPU at once (fewer if there are fewer rows).
-   Launched with programmatic stream serialization (Hopper's programmatic dependent launch), so
-   its blocks may start while the kernel before it is finishing: each requests its first weights
-   and then waits (griddepcontrol.wait) for that kernel's results before reading x. In a graph,
-   this takes the gap between two kernels off the ~100 matrix-vector products of a token.
-   HLA_CUDA_PDL=0 launches them plainly (to measure the difference). */
+/* One GEMV launch: as many blocks as fit on the GPU at once (fewer if there are fewer rows;
+   HLA_CUDA_GEMV_BLOCKS=n: at most n per multiprocessor). */
 typedef void (*GemvKernel)(GemvJobs, const float *, Prologue, int, int);
 static void gemv_launch(Gpu *gp, GemvKernel kernel, const GemvJobs &js, const float *x, Prologue p, int cols, int rows, size_t smem) {
     int per_sm = 0;
     CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, GEMV_WARPS * 32, smem));
-    int blocks = (rows + GEMV_WARPS - 1) / GEMV_WARPS, fit = (per_sm > 0 ? per_sm : 1) * gp->n_sms;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(blocks < fit ? blocks : fit);
-    cfg.blockDim = dim3(GEMV_WARPS * 32);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = gp->stream;
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = &attr;
-    cfg.numAttrs = gp->dependent_launch ? 1 : 0;
-    CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, js, x, p, cols, rows));
+    if (per_sm < 1) per_sm = 1;
+    if (gp->gemv_blocks_per_sm > 0 && gp->gemv_blocks_per_sm < per_sm) per_sm = gp->gemv_blocks_per_sm;
+    int blocks = (rows + GEMV_WARPS - 1) / GEMV_WARPS, fit = per_sm * gp->n_sms;
+    launch(gp, kernel, dim3(blocks < fit ? blocks : fit), dim3(GEMV_WARPS * 32), smem, js, x, p, cols, rows);
 }
 
 /* Matrix products of T tokens' inputs x [T][cols] (after the prologue) with several
@@ -550,7 +582,7 @@ static void matmul(Gpu *gp, const float *x, int cols, Prologue p, int T, GemvJob
     }
     const float *in = x;
     if (p.kind != NORM_NONE) {
-        prologue_kernel<<<T, 256, 0, gp->stream>>>(gp->xb, x, p, cols);
+        launch(gp, prologue_kernel, dim3(T), dim3(256), 0, gp->xb, x, p, cols);
         LAUNCH_CHECK();
         in = gp->xb;
     }
@@ -566,14 +598,14 @@ static void matmul(Gpu *gp, const float *x, int cols, Prologue p, int T, GemvJob
         } else {
             cudaDataType type = w.dtype == DTYPE_F16 ? CUDA_R_16F : CUDA_R_16BF;
             if (in16 != type) {
-                if (type == CUDA_R_16F) to_f16_kernel<<<256, 256, 0, gp->stream>>>((__half *)gp->x16, in, n_in);
-                else to_bf16_kernel<<<256, 256, 0, gp->stream>>>((__nv_bfloat16 *)gp->x16, in, n_in);
+                if (type == CUDA_R_16F) launch(gp, to_f16_kernel, dim3(256), dim3(256), 0, (__half *)gp->x16, in, n_in);
+                else launch(gp, to_bf16_kernel, dim3(256), dim3(256), 0, (__nv_bfloat16 *)gp->x16, in, n_in);
                 LAUNCH_CHECK();
                 in16 = type;
             }
             const void *wd = w.data;
             if (w.dtype == DTYPE_Q8) {
-                q8_to_bf16_kernel<<<1024, 256, 0, gp->stream>>>((__nv_bfloat16 *)gp->w16, w);
+                launch(gp, q8_to_bf16_kernel, dim3(1024), dim3(256), 0, (__nv_bfloat16 *)gp->w16, w);
                 LAUNCH_CHECK();
                 wd = gp->w16;
             }
@@ -585,7 +617,7 @@ static void matmul(Gpu *gp, const float *x, int cols, Prologue p, int T, GemvJob
             GemvJob up = jobs[j + 1];
             up.mode = OUT_STORE;
             matmul(gp, in, cols, Prologue{NORM_NONE}, T, &up, 1);
-            glu_kernel<<<512, 256, 0, gp->stream>>>(jobs[j].out, up.out, (size_t)T * u.rows);
+            launch(gp, glu_kernel, dim3(512), dim3(256), 0, jobs[j].out, up.out, (size_t)T * u.rows);
             LAUNCH_CHECK();
             j++;
         }
@@ -606,6 +638,7 @@ static Prologue group_norm(const float *w, const float *gate, int group, float e
 __global__ void attention_prep_kernel(float *q, float *k, float *v, const float *q_bias, const float *k_bias, const float *v_bias,
                                       float *key_cache, float *value_cache, const int *pos, int nq, int nkv, int hd, int cap,
                                       const float *inv_freq) {
+    wait_for_inputs();
     int t = blockIdx.x, p = *pos + t, half = hd / 2;
     size_t qd = (size_t)nq * hd, kvd = (size_t)nkv * hd;
     float *qt = q + t * qd, *kt = k + t * kvd, *vt = v + t * kvd;
@@ -634,6 +667,7 @@ __global__ void attention_prep_kernel(float *q, float *k, float *v, const float 
    block's result (m, l, acc) goes to `partial` and attention_combine_kernel merges the splits. */
 __global__ void attention_kernel(float *partial, const float *q, const float *key_cache, const float *value_cache, const int *pos,
                                  int nq, int nkv, int hd, int window, int cap) {
+    wait_for_inputs();
     int t = blockIdx.x, h = blockIdx.y, split = blockIdx.z, n_splits = gridDim.z, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int p = *pos + t, first = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0, kvh = h / (nq / nkv);
     int chunk = (p - first + n_splits) / n_splits, lo = first + split * chunk, hi = min(p + 1, lo + chunk);
@@ -681,6 +715,7 @@ __global__ void attention_kernel(float *partial, const float *q, const float *ke
 
 // o = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M) over the splits of (t, h)
 __global__ void attention_combine_kernel(float *o, const float *partial, int nq, int hd, int n_splits) {
+    wait_for_inputs();
     int t = blockIdx.x, h = blockIdx.y;
     const float *part = partial + ((size_t)t * nq + h) * n_splits * (MAX_HEAD_DIM + 2);
     float M = -INFINITY, L = 0.0f;
@@ -703,6 +738,7 @@ __global__ void attention_combine_kernel(float *o, const float *partial, int nq,
    scores fit the buffer): per query head S = (q k^T) / sqrt(d) over all keys (fp32 SGEMM),
    the causal (and window) mask with the softmax per row, then o = S v. */
 __global__ void attention_softmax_kernel(float *scores, int T, int n, int pos, int window) {
+    wait_for_inputs();
     int t = blockIdx.x, h = blockIdx.y, p = pos + t, first = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
     float *row = scores + ((size_t)h * T + t) * n;
     float mx = -INFINITY;
@@ -723,7 +759,7 @@ static void attention_gemm(Gpu *gp, int l, int T) {
         BLAS_CHECK(cublasSgemmStridedBatched(gp->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, T, hd, &scale, gp->key_cache[l], kvd, hd,
                                              gp->q + (size_t)g * hd, nq * hd, (long long)group * hd, &zero, gp->scores + g * sn, n,
                                              group * sn, nkv));
-    attention_softmax_kernel<<<dim3(T, nq), 256, 0, gp->stream>>>(gp->scores, T, n, gp->step_pos, c->attn_window);
+    launch(gp, attention_softmax_kernel, dim3(T, nq), dim3(256), 0, gp->scores, T, n, gp->step_pos, c->attn_window);
     LAUNCH_CHECK();
     for (int g = 0; g < group; g++)
         BLAS_CHECK(cublasSgemmStridedBatched(gp->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, n, &one, gp->value_cache[l], kvd, hd,
@@ -737,16 +773,16 @@ static void attention_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     GemvJob in[3] = {{w->q_proj, gp->q, OUT_STORE}, {w->k_proj, gp->k, OUT_STORE}, {w->v_proj, gp->v, OUT_STORE}};
     matmul(gp, gp->x, c->dim, rms(w->attn_norm, c->norm_eps), T, in, 3);
     mark(gp, "projections");
-    attention_prep_kernel<<<T, 256, 0, gp->stream>>>(gp->q, gp->k, gp->v, w->q_bias, w->k_bias, w->v_bias, gp->key_cache[l],
+    launch(gp, attention_prep_kernel, dim3(T), dim3(256), 0, gp->q, gp->k, gp->v, w->q_bias, w->k_bias, w->v_bias, gp->key_cache[l],
                                                        gp->value_cache[l], gp->pos_dev, nq, nkv, hd, gp->kv_capacity, gp->rope_inv_freq_attn);
     LAUNCH_CHECK();
     if (T > 1 && gp->scores && gp->step_pos + T <= gp->kv_capacity) {
         attention_gemm(gp, l, T);
     } else {
         int splits = T == 1 ? ATT_SPLITS : 1; // one token: spread its keys over more blocks
-        attention_kernel<<<dim3(T, nq, splits), ATT_WARPS * 32, 0, gp->stream>>>(gp->att, gp->q, gp->key_cache[l], gp->value_cache[l],
+        launch(gp, attention_kernel, dim3(T, nq, splits), dim3(ATT_WARPS * 32), 0, gp->att, gp->q, gp->key_cache[l], gp->value_cache[l],
                                                                                   gp->pos_dev, nq, nkv, hd, c->attn_window, gp->kv_capacity);
-        attention_combine_kernel<<<dim3(T, nq), 128, 0, gp->stream>>>(gp->o, gp->att, nq, hd, splits);
+        launch(gp, attention_combine_kernel, dim3(T, nq), dim3(128), 0, gp->o, gp->att, nq, hd, splits);
         LAUNCH_CHECK();
     }
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
@@ -758,6 +794,7 @@ static void attention_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
 /* HGRN (run.c's hgrn_layer): g = lb + (1-lb) sigmoid(f) (in log space), h_t = g h_{t-1} + (1-g) silu(i);
    one thread per channel walks the tokens. out = W_o (RMSNorm(h) * silu(W_g x)) */
 __global__ void hgrn_scan_kernel(float *h, const float *i_in, const float *f_in, float *o, const float *lower_bound, int T, int I) {
+    wait_for_inputs();
     int d = blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= I) return;
     float hd = h[d], lb = lower_bound ? lower_bound[d] : 0.0f;
@@ -782,7 +819,7 @@ static void hgrn_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
                    Convs{{{gp->q, I, gp->conv_cache[0][l], w->conv_w[0], 0},
                           {gp->f, I, gp->conv_cache[1][l], w->conv_w[1], 0}}, 2});
     }
-    hgrn_scan_kernel<<<(I + 127) / 128, 128, 0, gp->stream>>>(gp->state[l], gp->q, gp->f, gp->o, l > 0 ? w->lower_bound : nullptr, T, I);
+    launch(gp, hgrn_scan_kernel, dim3((I + 127) / 128), dim3(128), 0, gp->state[l], gp->q, gp->f, gp->o, l > 0 ? w->lower_bound : nullptr, T, I);
     LAUNCH_CHECK();
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
     mark(gp, "conv, gates, recurrence");
@@ -839,6 +876,7 @@ struct ScanArgs {
     float out_scale;
 };
 template <int KPL> __global__ void linear_scan_kernel(ScanArgs p) {
+    wait_for_inputs();
     int lane = threadIdx.x & 31, warps_per_head = (p.dv + ROWS - 1) / ROWS;
     int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), sh = gw / warps_per_head, e0 = (gw % warps_per_head) * ROWS;
     if (sh >= p.n_state) return;
@@ -887,6 +925,7 @@ struct DeltaArgs {
     size_t ld_qk, ld_v;
 };
 template <int KPL> __global__ void delta_scan_kernel(DeltaArgs p) {
+    wait_for_inputs();
     int lane = threadIdx.x & 31, warps_per_head = (p.dv + ROWS - 1) / ROWS;
     int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), j = gw / warps_per_head, e0 = (gw % warps_per_head) * ROWS;
     if (j >= p.nv) return;
@@ -936,11 +975,11 @@ template <int KPL> __global__ void delta_scan_kernel(DeltaArgs p) {
 }
 
 // launch a scan with KPL = columns per lane rounded up to a power of two (dk <= 512)
-template <int KPL> static void scan_kernel(dim3 grid, cudaStream_t st, ScanArgs a) { linear_scan_kernel<KPL><<<grid, 128, 0, st>>>(a); }
-template <int KPL> static void scan_kernel(dim3 grid, cudaStream_t st, DeltaArgs a) { delta_scan_kernel<KPL><<<grid, 128, 0, st>>>(a); }
+template <int KPL> static void scan_kernel(Gpu *gp, dim3 grid, ScanArgs a) { launch(gp, linear_scan_kernel<KPL>, grid, dim3(128), 0, a); }
+template <int KPL> static void scan_kernel(Gpu *gp, dim3 grid, DeltaArgs a) { launch(gp, delta_scan_kernel<KPL>, grid, dim3(128), 0, a); }
 template <typename Args> static void launch_scan(Gpu *gp, int dk, int n_warps, Args args) {
     dim3 grid((n_warps + 3) / 4); // 4 warps per block
-#define SCAN_CASE(K) case K: scan_kernel<K>(grid, gp->stream, args); break;
+#define SCAN_CASE(K) case K: scan_kernel<K>(gp, grid, args); break;
     int kpl = 1;
     while (32 * kpl < dk) kpl *= 2;
     switch (kpl) { SCAN_CASE(1) SCAN_CASE(2) SCAN_CASE(4) SCAN_CASE(8) SCAN_CASE(16) default: fatal("cuda: head_k_dim %d > 512", dk); }
@@ -950,6 +989,7 @@ template <typename Args> static void launch_scan(Gpu *gp, int dk, int n_warps, A
 
 /* HGRN2 prep: g = lb + (1-lb) sigmoid(f) (log space), k = 1 - g, q = silu(q) / sqrt(dk) */
 __global__ void hgrn2_prep_kernel(float *q, float *f, float *k, float *decay, const float *lower_bound, int F, float scale) {
+    wait_for_inputs();
     int t = blockIdx.y;
     for (int d = blockIdx.x * blockDim.x + threadIdx.x; d < F; d += gridDim.x * blockDim.x) {
         size_t i = (size_t)t * F + d;
@@ -973,7 +1013,7 @@ static void hgrn2_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
                           {gp->f, F, gp->conv_cache[1][l], w->conv_w[1], 0},
                           {gp->v, Dv, gp->conv_cache[2][l], w->conv_w[2], 0}}, 3});
     }
-    hgrn2_prep_kernel<<<dim3((F + 255) / 256, T), 256, 0, gp->stream>>>(gp->q, gp->f, gp->k, gp->a, l > 0 ? w->lower_bound : nullptr, F,
+    launch(gp, hgrn2_prep_kernel, dim3((F + 255) / 256, T), dim3(256), 0, gp->q, gp->f, gp->k, gp->a, l > 0 ? w->lower_bound : nullptr, F,
                                                                          1.0f / sqrtf((float)dk));
     LAUNCH_CHECK();
     ScanArgs s = {gp->state[l], gp->q, gp->k, gp->v, gp->a, gp->o, T, nh, dk, dv, 1, 1,
@@ -988,6 +1028,7 @@ static void hgrn2_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
 /* GLA prep: a = exp(max(logsigmoid(gk + b) / 16, clamp_min)), k = phi(k), q = phi(q) / sqrt(dk) */
 __global__ void gla_prep_kernel(float *q, float *k, float *gk, const float *gk_bias, int Dq, int Dk, int fmap, float normalizer,
                                 float clamp_min, float scale) {
+    wait_for_inputs();
     int t = blockIdx.y;
     for (int d = blockIdx.x * blockDim.x + threadIdx.x; d < Dk; d += gridDim.x * blockDim.x) {
         size_t i = (size_t)t * Dk + d;
@@ -1015,7 +1056,7 @@ static void gla_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
                           {gp->k, Dk, gp->conv_cache[1][l], w->conv_w[1], 1},
                           {gp->v, Dv, gp->conv_cache[2][l], w->conv_w[2], 1}}, 3});
     }
-    gla_prep_kernel<<<dim3((Dq > Dk ? Dq : Dk) / 256 + 1, T), 256, 0, gp->stream>>>(gp->q, gp->k, gp->f, w->gk_bias, Dq, Dk, c->feature_map,
+    launch(gp, gla_prep_kernel, dim3((Dq > Dk ? Dq : Dk) / 256 + 1, T), dim3(256), 0, gp->q, gp->k, gp->f, w->gk_bias, Dq, Dk, c->feature_map,
                                                                                      c->gate_normalizer, c->clamp_min, 1.0f / sqrtf((float)dk));
     LAUNCH_CHECK();
     ScanArgs s = {gp->state[l], gp->q, gp->k, gp->v, gp->f, gp->o, T, nk, dk, dv, 1, nq / nk,
@@ -1031,6 +1072,7 @@ static void gla_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
    gamma_h = 1 - 2^(-5-h) written per column of each query head for the shared scan */
 __global__ void retnet_prep_kernel(float *q, float *k, float *decay, const int *pos, int nq, int nk, int dk, int fmap,
                                    const float *inv_freq) {
+    wait_for_inputs();
     int t = blockIdx.x, half = dk / 2, p = *pos + t;
     float *qt = q + (size_t)t * nq * dk, *kt = k + (size_t)t * nk * dk;
     for (int i = threadIdx.x; i < nq * dk; i += blockDim.x) {
@@ -1050,7 +1092,7 @@ static void retnet_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     GemvJob in[4] = {{w->q_proj, gp->q, OUT_STORE}, {w->k_proj, gp->k, OUT_STORE}, {w->v_proj, gp->v, OUT_STORE}, {w->g_proj, gp->g, OUT_STORE}};
     matmul(gp, gp->x, c->dim, rms(w->attn_norm, c->norm_eps), T, in, w->g_proj.data ? 4 : 3);
     mark(gp, "projections");
-    retnet_prep_kernel<<<T, 256, 0, gp->stream>>>(gp->q, gp->k, gp->a, gp->pos_dev, nq, nk, dk, c->feature_map, gp->rope_inv_freq_retnet);
+    launch(gp, retnet_prep_kernel, dim3(T), dim3(256), 0, gp->q, gp->k, gp->a, gp->pos_dev, nq, nk, dk, c->feature_map, gp->rope_inv_freq_retnet);
     LAUNCH_CHECK();
     ScanArgs s = {gp->state[l], gp->q, gp->k, gp->v, gp->a, gp->o, T, nq, dk, dv, nq / nk, 1,
                   (size_t)Dq, (size_t)Dk, (size_t)Dv, (size_t)Dq, (size_t)Do, 1.0f / sqrtf((float)dk)};
@@ -1066,6 +1108,7 @@ static void retnet_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
    GDN alpha = exp(-exp(A_log) softplus(W_a x + dt_bias)) */
 __global__ void delta_prep_kernel(float *q, float *k, float *v, float *beta, float *alpha, const float *A_log, const float *dt_bias,
                                   int nq, int nv, int dk, int Dv, int fmap, int flags, int had_conv, int has_beta) {
+    wait_for_inputs();
     int t = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int silu_qk = fmap == FMAP_SILU;
     float scale = 1.0f / sqrtf((float)dk);
@@ -1121,7 +1164,7 @@ static void delta_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
                           {gp->k, Dk, gp->conv_cache[1][l], w->conv_w[1], silu_qk},
                           {gp->v, Dv, gp->conv_cache[2][l], w->conv_w[2], 1}}, 3});
     }
-    delta_prep_kernel<<<T, 256, 0, gp->stream>>>(gp->q, gp->k, gp->v, gp->b, gp->a, gated ? w->A_log : nullptr, w->dt_bias, nq, nv, dk, Dv,
+    launch(gp, delta_prep_kernel, dim3(T), dim3(256), 0, gp->q, gp->k, gp->v, gp->b, gp->a, gated ? w->A_log : nullptr, w->dt_bias, nq, nv, dk, Dv,
                                                   c->feature_map, c->flags, w->conv_w[0] != nullptr, w->b_proj.data != nullptr);
     LAUNCH_CHECK();
     DeltaArgs d = {gp->state[l], gp->q, gp->k, gp->v, gated ? gp->a : nullptr, gp->b, gp->o, T, nv, dk, dv, nv / nq, (size_t)Dk, (size_t)Dv};
@@ -1148,7 +1191,7 @@ static void mlp(Gpu *gp, const LayerWeights *w, int T) {
 static void forward_device(Gpu *gp, int T, int all_logits) {
     const Config *c = &gp->m->c;
     mark(gp, "start");
-    embed_kernel<<<T, 256, 0, gp->stream>>>(gp->x, gp->embeddings, gp->tokens);
+    launch(gp, embed_kernel, dim3(T), dim3(256), 0, gp->x, gp->embeddings, gp->tokens);
     LAUNCH_CHECK();
     mark(gp, "embed");
     for (int l = 0; l < c->n_layers; l++) {
@@ -1262,6 +1305,7 @@ __device__ static int block_best(float v, int id, bool largest) {
 }
 
 __global__ void sample_kernel(int *out, float *logits, int n, SampleArgs a) {
+    wait_for_inputs();
     extern __shared__ float p[]; // the probabilities
     if (threadIdx.x == 0) // CTRL-style repetition penalty, once per occurrence in the window (as run.c)
         for (int i = 0; i < a.n_recent; i++) {
@@ -1317,7 +1361,7 @@ extern "C" int cuda_sample(Gpu *gp, float temperature, float topp, float minp, f
     a.n_recent = repeat_penalty != 1.0f ? (n_recent < REPEAT_WINDOW ? n_recent : REPEAT_WINDOW) : 0;
     memcpy(a.recent, recent + (n_recent - a.n_recent), sizeof(int) * a.n_recent);
     const Config *c = &gp->m->c;
-    sample_kernel<<<1, SAMPLE_THREADS, gp->sample_smem, gp->stream>>>(gp->sampled, gp->logits, c->vocab_size, a);
+    launch(gp, sample_kernel, dim3(1), dim3(SAMPLE_THREADS), gp->sample_smem, gp->sampled, gp->logits, c->vocab_size, a);
     LAUNCH_CHECK();
     CUDA_CHECK(cudaMemcpyAsync(gp->io_host, gp->sampled, sizeof(int), cudaMemcpyDeviceToHost, gp->stream));
     CUDA_CHECK(cudaStreamSynchronize(gp->stream));
@@ -1394,6 +1438,8 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     CUDA_CHECK(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, 0));
     const char *pdl = getenv("HLA_CUDA_PDL");
     gp->dependent_launch = cc_major >= 9 && !(pdl && atoi(pdl) == 0);
+    const char *gemv_blocks = getenv("HLA_CUDA_GEMV_BLOCKS");
+    gp->gemv_blocks_per_sm = gemv_blocks ? atoi(gemv_blocks) : 0;
     const char *timing = getenv("HLA_CUDA_TIMING");
     gp->timing = timing && atoi(timing) > 0;
     for (int i = 0; gp->timing && i < 4096; i++) CUDA_CHECK(cudaEventCreate(&gp->marks[i]));
