@@ -12,7 +12,7 @@ MODEL ?= models/shakespeare_gdn.bin
 PROMPT ?= ROMEO:
 PYTHON ?= python3
 
-.PHONY: run build cuda test-neon test test-deps asan paper-shapes bench bench-cuda fuzz clean
+.PHONY: run build cuda test-neon test test-deps asan paper-shapes bench bench-cuda gemv-bench fuzz clean
 
 run: build
 	./run $(MODEL) -z tokenizer.bin -i "$(PROMPT)" -n 200 -t 0.8 -p 0.9
@@ -46,6 +46,7 @@ test-deps:
 # fixtures through an aarch64 (NEON) build under qemu where the cross tools are installed
 test: test-deps build
 	$(MAKE) cuda CUDA_BIN=run_cuda_build
+	$(MAKE) gemv-bench
 	$(PYTHON) -m pytest -q tests
 	$(MAKE) asan
 	@if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then $(MAKE) test-neon; \
@@ -85,10 +86,15 @@ test-neon: test-deps
 bench-cuda: test-deps
 	$(PYTHON) bench/bench_cuda.py
 
+# the decode GEMV alone against a plain streaming read (bench/cuda/gemv_bench.cu; make test builds it)
+gemv-bench: bench/cuda/gemv_bench
+bench/cuda/gemv_bench: bench/cuda/gemv_bench.cu run_cuda.cu run.c
+	$(NVCC) -O3 $(CUDA_ARCH) $(NVCCFLAGS) -o $@ bench/cuda/gemv_bench.cu -lcublas
+
 # libFuzzer harnesses (clang): each runs FUZZ_SECONDS; results in tests/FUZZING.md
 FUZZ_SECONDS ?= 60
 fuzz:
 	tests/fuzz/run_fuzz.sh $(FUZZ_SECONDS)
 
 clean:
-	rm -f run run_asan run_cuda_build run_arm64 run_arm64.sh bench/bandwidth bench/fma
+	rm -f run run_asan run_cuda_build run_arm64 run_arm64.sh bench/bandwidth bench/fma bench/cuda/gemv_bench

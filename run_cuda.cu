@@ -218,13 +218,8 @@ template <int DTYPE> __device__ static float chunk_dot(int4 v, const float4 *xq)
 #define GEMV_UNROLL 4 // 16-byte loads per lane per batch (make cuda NVCCFLAGS=-DGEMV_UNROLL=8: measured no faster)
 #endif
 #ifndef GEMV_LOAD
-#define GEMV_LOAD __ldg // how a lane loads its 16 bytes of weights
+#define GEMV_LOAD __ldcs // how a lane loads its 16 bytes of weights (read once: cache-streaming)
 #endif
-__device__ static int4 ldg_no_l1(const int4 *p) { // read-only, not kept in L1
-    int4 v;
-    asm("ld.global.nc.L1::no_allocate.v4.s32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
 struct GemvCursor { int row, part, base; }; // row of the launch, 0 / 1 (GLU: gate / up), first chunk of the batch
 
 template <int DTYPE> struct GemvStream {
@@ -407,7 +402,8 @@ struct Gpu {
     float **state, **conv_cache[3], **key_cache, **value_cache; // per layer
     int kv_capacity, max_batch, pos;
     int n_sms;                       // streaming multiprocessors (GEMV grid size)
-    int dependent_launch;            // kernels as programmatic dependent launches (launch)
+    int dependent_launch;            // one-token steps' kernels as programmatic dependent launches (launch)
+    int dependent_now;               // ... and this step is one (a prompt's kernels launch plainly, as measured)
     int gemv_blocks_per_sm;          // HLA_CUDA_GEMV_BLOCKS: a cap on GEMV blocks per multiprocessor (0: as many as fit)
     float *x, *xb, *q, *k, *v, *g, *f, *a, *b, *o, *low_rank, *hb, *hb2, *logits;
     float *att;                      // attention's per-split partial results
@@ -457,12 +453,14 @@ static void print_marks(Gpu *gp, int T) {
     gp->n_marks = 0;
 }
 
-/* Every kernel is launched on the one stream as a programmatic dependent of the kernel before
-   it (Hopper's programmatic dependent launch; kept in the captured graph): its blocks may be
-   scheduled while that kernel is still running, and each kernel begins with
-   wait_for_inputs() (griddepcontrol.wait: the kernel before has finished and its writes are
-   visible), so the gap between two kernels shrinks to almost nothing. A GEMV requests its
-   first weights before waiting: they depend on nothing. HLA_CUDA_PDL=0 launches plainly. */
+/* In a one-token step every kernel is launched on the one stream as a programmatic dependent
+   of the kernel before it (Hopper's programmatic dependent launch; kept in the captured
+   graph): its blocks may be scheduled while that kernel is still running, and each kernel
+   begins with wait_for_inputs() (griddepcontrol.wait: the kernel before has finished and its
+   writes are visible), so the gap between two kernels shrinks. A GEMV requests its first
+   weights before waiting: they depend on nothing. A prompt's kernels launch plainly (with
+   them as dependents too, one 1.3B prompt measured 7% slower, cause not established).
+   HLA_CUDA_PDL=0 launches every kernel plainly. */
 template <typename... Params, typename... Args>
 static void launch(Gpu *gp, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Args &&...args) {
     cudaLaunchConfig_t cfg = {};
@@ -474,7 +472,7 @@ static void launch(Gpu *gp, void (*kernel)(Params...), dim3 grid, dim3 block, si
     attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr.val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = &attr;
-    cfg.numAttrs = gp->dependent_launch ? 1 : 0;
+    cfg.numAttrs = gp->dependent_now ? 1 : 0;
     CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 
@@ -1219,6 +1217,7 @@ extern "C" void cuda_forward(Gpu *gp, const int *tokens, int T, int pos, int all
     memcpy(gp->io_host, tokens, sizeof(int) * T);
     gp->io_host[GPU_MAX_BATCH] = pos;
     gp->step_pos = pos;
+    gp->dependent_now = gp->dependent_launch && T == 1;
     CUDA_CHECK(cudaMemcpyAsync(gp->tokens, gp->io_host, sizeof(int) * T, cudaMemcpyHostToDevice, gp->stream));
     CUDA_CHECK(cudaMemcpyAsync(gp->pos_dev, gp->io_host + GPU_MAX_BATCH, sizeof(int), cudaMemcpyHostToDevice, gp->stream));
     if (T == 1 && !gp->timing) { // the decode step: capture it once, then replay the graph

@@ -1,0 +1,90 @@
+/* make gemv-bench (on the GPU machine: bench/cuda/gemv_bench): run_cuda.cu's decode GEMV (matmul
+   with T = 1, prologue and epilogue included) on the 1.3B GatedDeltaNet 6:1 shapes, against a
+   kernel that only streams the same bytes (the bandwidth such a launch can reach). Each shape
+   has 24 copies of its matrices (more than the 50 MB L2), taken in turn, 96 launches per
+   timing, best of 4: launched one by one, captured in a graph, and in a graph as programmatic
+   dependents (as in a decode step). Weights and x are zeros: only the time is of interest.
+   Results: bench/cuda/gemv_experiments_h200.log. */
+#include "../../run_cuda.cu"
+
+__global__ void read_kernel(const int4 *w, size_t n, float *out) {
+    wait_for_inputs();
+    int s = 0;
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    for (; i + 3 * stride < n; i += 4 * stride) {
+        int4 a = __ldg(w + i), b = __ldg(w + i + stride), c = __ldg(w + i + 2 * stride), d = __ldg(w + i + 3 * stride);
+        s ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
+    }
+    for (; i < n; i += stride) { int4 a = __ldg(w + i); s ^= a.x ^ a.y ^ a.z ^ a.w; }
+    if (s == 0x12345678) out[0] = 1.0f;
+}
+
+struct Shape { const char *name; int rows, cols, glu, norm, dtype; };
+
+int main() {
+    Gpu gpv = {};
+    Gpu *gp = &gpv;
+    CUDA_CHECK(cudaStreamCreate(&gp->stream));
+    CUDA_CHECK(cudaDeviceGetAttribute(&gp->n_sms, cudaDevAttrMultiProcessorCount, 0));
+    Shape shapes[] = {{"in_proj 8204x2048 rms", 8204, 2048, 0, NORM_RMS, DTYPE_BF16}, {"gate_up 2x5632x2048 rms", 5632, 2048, 1, NORM_RMS, DTYPE_BF16},
+                      {"down 2048x5632", 2048, 5632, 0, NORM_NONE, DTYPE_BF16}, {"o_proj 2048x4096 group", 2048, 4096, 0, NORM_GROUP, DTYPE_BF16},
+                      {"o_proj 2048x2048 group", 2048, 2048, 0, NORM_GROUP, DTYPE_BF16},
+                      {"in_proj no-norm", 8204, 2048, 0, NORM_NONE, DTYPE_BF16}, {"o_proj no-norm", 2048, 4096, 0, NORM_NONE, DTYPE_BF16},
+                      {"gate_up q8", 5632, 2048, 1, NORM_RMS, DTYPE_Q8}, {"down q8", 2048, 5632, 0, NORM_NONE, DTYPE_Q8},
+                      {"gate_up fp32", 5632, 2048, 1, NORM_RMS, DTYPE_F32}, {"down fp32", 2048, 5632, 0, NORM_NONE, DTYPE_F32}};
+    float *x, *y, *y2, *normw, *gate, *scales;
+    CUDA_CHECK(cudaMalloc(&x, 8192 * 4)); CUDA_CHECK(cudaMalloc(&normw, 8192 * 4)); CUDA_CHECK(cudaMalloc(&gate, 8192 * 4));
+    CUDA_CHECK(cudaMalloc(&y, 16384 * 4)); CUDA_CHECK(cudaMalloc(&y2, 16384 * 4));
+    CUDA_CHECK(cudaMalloc(&scales, (size_t)5632 * 2048 / 64 * 4)); CUDA_CHECK(cudaMemset(scales, 0, (size_t)5632 * 2048 / 64 * 4));
+    CUDA_CHECK(cudaMemset(x, 0, 8192 * 4)); CUDA_CHECK(cudaMemset(normw, 0, 8192 * 4)); CUDA_CHECK(cudaMemset(gate, 0, 8192 * 4));
+
+    const int NB = 24, ITER = 96;
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0); cudaEventCreate(&e1);
+    for (const Shape &s : shapes) {
+        size_t esize = s.dtype == DTYPE_F32 ? 4 : s.dtype == DTYPE_Q8 ? 1 : 2;
+        size_t bytes = (size_t)s.rows * s.cols * esize * (s.glu ? 2 : 1);
+        uint8_t *buf;
+        CUDA_CHECK(cudaMalloc(&buf, bytes * NB));
+        CUDA_CHECK(cudaMemset(buf, 0, bytes * NB));
+        for (int mode = 0; mode < 4; mode++) { // 0 gemv plain, 1 gemv graph+pdl, 2 read graph+pdl, 3 gemv graph
+            int is_read = mode == 2, graph = mode >= 1;
+            gp->dependent_now = mode == 1 || mode == 2;
+            auto one = [&](int i) {
+                uint8_t *w = buf + (size_t)(i % NB) * bytes;
+                if (is_read) { launch(gp, read_kernel, dim3(gp->n_sms * 8), dim3(256), 0, (const int4 *)w, bytes / 16, y); return; }
+                GemvJob jobs[2];
+                Matrix m0 = {w, scales, s.dtype, s.rows, s.cols}, m1 = {w + bytes / 2, scales, s.dtype, s.rows, s.cols};
+                int n = 1;
+                jobs[0] = {m0, y, s.glu ? OUT_GLU : OUT_STORE};
+                if (s.glu) { jobs[1] = {m1, y2, OUT_STORE}; n = 2; }
+                Prologue p = s.norm == NORM_RMS ? rms(normw, 1e-6f) : s.norm == NORM_GROUP ? group_norm(normw, gate, 512, 1e-6f) : Prologue{NORM_NONE};
+                matmul(gp, x, s.cols, p, 1, jobs, n);
+            };
+            cudaGraphExec_t ge = nullptr;
+            if (graph) {
+                cudaGraph_t g;
+                CUDA_CHECK(cudaStreamBeginCapture(gp->stream, cudaStreamCaptureModeThreadLocal));
+                for (int i = 0; i < ITER; i++) one(i);
+                CUDA_CHECK(cudaStreamEndCapture(gp->stream, &g));
+                CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
+            }
+            float best = 1e30f;
+            for (int rep = 0; rep < 5; rep++) {
+                CUDA_CHECK(cudaEventRecord(e0, gp->stream));
+                if (graph) CUDA_CHECK(cudaGraphLaunch(ge, gp->stream));
+                else for (int i = 0; i < ITER; i++) one(i);
+                CUDA_CHECK(cudaEventRecord(e1, gp->stream));
+                CUDA_CHECK(cudaEventSynchronize(e1));
+                float ms; cudaEventElapsedTime(&ms, e0, e1);
+                if (rep && ms < best) best = ms;
+            }
+            static const char *names[] = {"gemv plain", "gemv graph+pdl", "read graph+pdl", "gemv graph"};
+            double us = best * 1e3 / ITER;
+            printf("%-26s %-16s %6.1f MB %7.2f us %7.0f GB/s\n", s.name, names[mode], bytes / 1e6, us, bytes / us / 1e3);
+        }
+        CUDA_CHECK(cudaFree(buf));
+    }
+    return 0;
+}
