@@ -991,12 +991,15 @@ static void run_parallel(ParallelFn fn, void *arg) {
 typedef float vfloat __attribute__((vector_size(VEC_FLOATS * sizeof(float))));
 static vfloat vload(const float *p) { vfloat v; memcpy(&v, p, sizeof v); return v; }
 
-// x [T][cols] -> per group of TILE_TOKENS tokens, [cols][TILE_TOKENS] (tokens past T: 0)
+// x [T][cols] -> per group of TILE_TOKENS tokens, [cols][TILE_TOKENS] (tokens past T: 0);
+// 64 columns at a time, each token's read in order (a column of x walked down would touch
+// a new cache line per token, all of them in one L1 set when rows are 4 KB apart)
 static void pack_tokens(float *xp, const float *x, int T, int cols) {
     for (int t0 = 0; t0 < T; t0 += TILE_TOKENS)
-        for (int k = 0; k < cols; k++)
+        for (int k0 = 0; k0 < cols; k0 += 64)
             for (int t = 0; t < TILE_TOKENS; t++)
-                xp[(size_t)t0 * cols + (size_t)k * TILE_TOKENS + t] = t0 + t < T ? x[(size_t)(t0 + t) * cols + k] : 0.0f;
+                for (int k = k0; k < cols && k < k0 + 64; k++)
+                    xp[(size_t)t0 * cols + (size_t)k * TILE_TOKENS + t] = t0 + t < T ? x[(size_t)(t0 + t) * cols + k] : 0.0f;
 }
 
 // out[t0 + t][r] for the n rows w[0..n) (n <= TILE_ROWS) and the nt real tokens of one packed group
@@ -1018,46 +1021,63 @@ static void rows_times_tokens(float *out, int out_stride, const float *const w[T
    of a token's time is spent here, reading the weights. Rows are split across threads.
    One token: each row is dotted straight from its dtype. Several tokens (a prompt
    batch): TILE_ROWS rows, converted to fp32 once, times all T tokens (above). */
+#define ROW_PAD_FLOATS 16 // rows apart by 4 KB x 2^n share one L1 set: 64 bytes more between copied rows
+#define MAX_MATMULS 6     // matrices sharing one input in one call (a linear layer's projections)
 typedef struct {
-    float *out;
+    int n, T;
+    float *out[MAX_MATMULS];
+    const Matrix *w[MAX_MATMULS];
     const float *x;
-    const Matrix *w;
-    int T;
     const float *x_pairs;  // one token, bf16 weights: x in bf16 pair order
     const float *x_packed; // a batch: x packed by pack_tokens
+    int first_chunk[MAX_MATMULS + 1]; // a batch: matrix i's rows are chunks first_chunk[i].. of CHUNK_ROWS
+    atomic_int next_chunk; // a batch: the next chunk nobody has taken
 } MatmulJob;
+#define CHUNK_ROWS (4 * TILE_ROWS)
 
 static void matmul_rows(void *arg, int thread, int nt) {
     MatmulJob *j = arg;
-    const Matrix *w = j->w;
-    int r0 = (int)((long)w->rows * thread / nt), r1 = (int)((long)w->rows * (thread + 1) / nt);
-    if (j->T == 1) {
+    if (j->T == 1) { // one token: equal shares of each matrix's rows (the weight stream is the cost)
+        for (int m = 0; m < j->n; m++) {
+            const Matrix *w = j->w[m];
+            int r0 = (int)((long)w->rows * thread / nt), r1 = (int)((long)w->rows * (thread + 1) / nt);
 #ifdef SIMD_AVX512
-        if (j->x_pairs) {
-            for (int r = r0; r < r1; r++) j->out[r] = dot_bf16_pairs_512((const uint16_t *)w->data + (size_t)r * w->cols, j->x_pairs, w->cols);
-            return;
-        }
+            if (j->x_pairs && w->dtype == DTYPE_BF16) {
+                for (int r = r0; r < r1; r++) j->out[m][r] = dot_bf16_pairs_512((const uint16_t *)w->data + (size_t)r * w->cols, j->x_pairs, w->cols);
+                continue;
+            }
 #endif
-        for (int r = r0; r < r1; r++) j->out[r] = dot_row(w, r, j->x);
+            for (int r = r0; r < r1; r++) j->out[m][r] = dot_row(w, r, j->x);
+        }
         return;
     }
-    // a batch: TILE_ROWS rows (as fp32) at a time times every group of tokens
-    float *rows = w->dtype == DTYPE_F32 ? NULL : malloc(sizeof(float) * TILE_ROWS * w->cols);
-    if (w->dtype != DTYPE_F32 && !rows) fatal("out of memory");
-    for (int r = r0; r < r1; r += TILE_ROWS) {
-        int n = r1 - r < TILE_ROWS ? r1 - r : TILE_ROWS;
-        const float *wr[TILE_ROWS];
-        for (int i = 0; i < TILE_ROWS; i++) {
-            int ri = r + (i < n ? i : n - 1); // past the end: repeat the last row, results dropped
-            wr[i] = (const float *)w->data + (size_t)ri * w->cols;
-            if (rows) {
-                if (i < n) matrix_row(w, ri, rows + (size_t)i * w->cols);
-                wr[i] = rows + (size_t)(i < n ? i : n - 1) * w->cols;
+    /* a batch: each thread takes CHUNK_ROWS rows of a matrix at a time, as long as some are
+       left (on a shared machine one core can fall behind: equal shares made the other wait),
+       and does them TILE_ROWS rows (as fp32) at a time times every group of tokens */
+    int cols = j->w[0]->cols;
+    size_t stride = (size_t)cols + ROW_PAD_FLOATS;
+    float *rows = NULL; // narrow weights as fp32, TILE_ROWS rows
+    for (int c; (c = atomic_fetch_add_explicit(&j->next_chunk, 1, memory_order_relaxed)) < j->first_chunk[j->n];) {
+        int m = 0;
+        while (c >= j->first_chunk[m + 1]) m++;
+        const Matrix *w = j->w[m];
+        int r0 = (c - j->first_chunk[m]) * CHUNK_ROWS, r1 = r0 + CHUNK_ROWS < w->rows ? r0 + CHUNK_ROWS : w->rows;
+        if (w->dtype != DTYPE_F32 && !rows && !(rows = malloc(sizeof(float) * TILE_ROWS * stride))) fatal("out of memory");
+        for (int r = r0; r < r1; r += TILE_ROWS) {
+            int n = r1 - r < TILE_ROWS ? r1 - r : TILE_ROWS;
+            const float *wr[TILE_ROWS];
+            for (int i = 0; i < TILE_ROWS; i++) {
+                int ri = r + (i < n ? i : n - 1); // past the end: repeat the last row, results dropped
+                wr[i] = (const float *)w->data + (size_t)ri * cols;
+                if (w->dtype != DTYPE_F32) {
+                    if (i < n) matrix_row(w, ri, rows + (size_t)i * stride);
+                    wr[i] = rows + (size_t)(i < n ? i : n - 1) * stride;
+                }
             }
+            for (int t0 = 0; t0 < j->T; t0 += TILE_TOKENS)
+                rows_times_tokens(j->out[m] + (size_t)t0 * w->rows + r, w->rows, wr, j->x_packed + (size_t)t0 * cols, cols, n,
+                                  j->T - t0 < TILE_TOKENS ? j->T - t0 : TILE_TOKENS);
         }
-        for (int t0 = 0; t0 < j->T; t0 += TILE_TOKENS)
-            rows_times_tokens(j->out + (size_t)t0 * w->rows + r, w->rows, wr, j->x_packed + (size_t)t0 * w->cols, w->cols, n,
-                              j->T - t0 < TILE_TOKENS ? j->T - t0 : TILE_TOKENS);
     }
     free(rows);
 }
@@ -1090,30 +1110,53 @@ static void matmul_blas(float *out, const float *x, const Matrix *w, int T) {
 }
 #endif
 
-static void matmul(float *out, const float *x, const Matrix *w, int T) {
-    MatmulJob j = {out, x, w, T, NULL, NULL};
+/* out_i = W_i x for n matrices W_i that share the input x [T][cols] (a layer's projections;
+   those without data, which this layer lacks, are skipped): x is packed (or put in bf16 pair
+   order) once, and all the rows go out in one parallel call. */
+static void matmuls(const float *x, int T, int n, float *const out[], const Matrix *const w[]) {
+    if (n > MAX_MATMULS) fatal("internal: %d matrices in one matmuls call", n);
+    MatmulJob j = {.T = T, .x = x};
+    size_t work = 0;
+    int bf16 = 0;
+    for (int i = 0; i < n; i++) {
+        if (!w[i]->data) continue; // a projection this layer does not have
+        j.out[j.n] = out[i];
+        j.w[j.n] = w[i];
+        j.first_chunk[j.n + 1] = j.first_chunk[j.n] + (w[i]->rows + CHUNK_ROWS - 1) / CHUNK_ROWS;
+        j.n++;
+        work += (size_t)w[i]->rows * w[i]->cols * T;
+        bf16 |= w[i]->dtype == DTYPE_BF16;
+    }
+    if (!j.n) return;
+    int cols = j.w[0]->cols;
     float *pairs = NULL; // (buffers per call: nothing outlives the run state)
 #ifdef SIMD_AVX512
-    if (T == 1 && w->dtype == DTYPE_BF16 && w->cols % 32 == 0) { // once per matrix, for all threads
-        pairs = xcalloc((size_t)w->cols, sizeof(float));
-        bf16_pair_order(pairs, x, w->cols);
+    if (T == 1 && bf16 && cols % 32 == 0) { // once per input, for all threads
+        pairs = xcalloc((size_t)cols, sizeof(float));
+        bf16_pair_order(pairs, x, cols);
         j.x_pairs = pairs;
     }
 #endif
+    (void)bf16;
 #ifdef USE_OPENBLAS
-    if (T > 1) { matmul_blas(out, x, w, T); return; }
+    if (T > 1) {
+        for (int i = 0; i < j.n; i++) matmul_blas(j.out[i], x, j.w[i], T);
+        return;
+    }
 #endif
     float *packed = NULL;
-    if (T > 1) { // x packed once for all threads
-        packed = xcalloc((size_t)(T + TILE_TOKENS - 1) / TILE_TOKENS * TILE_TOKENS * w->cols, sizeof(float));
-        pack_tokens(packed, x, T, w->cols);
+    if (T > 1) { // x packed once for all threads and matrices
+        packed = xcalloc((size_t)(T + TILE_TOKENS - 1) / TILE_TOKENS * TILE_TOKENS * cols, sizeof(float));
+        pack_tokens(packed, x, T, cols);
         j.x_packed = packed;
     }
-    if ((size_t)w->rows * w->cols * T < (1u << 15)) matmul_rows(&j, 0, 1); // too small to share
+    if (work < (1u << 15)) matmul_rows(&j, 0, 1); // too small to share
     else run_parallel(matmul_rows, &j);
     free(packed);
     free(pairs);
 }
+
+static void matmul(float *out, const float *x, const Matrix *w, int T) { matmuls(x, T, 1, &out, &w); }
 
 /* RMSNorm: y = x / sqrt(mean(x^2) + eps) * w   (eps inside the root, added to the mean) */
 static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
@@ -1283,9 +1326,7 @@ static void attention_layer(const Model *m, const LayerWeights *w, LayerState *l
     const Config *c = &m->c;
     int hd = c->attn_head_dim, nq = c->attn_heads, nkv = c->attn_kv_heads, cap = s->kv_capacity;
     size_t qd = (size_t)nq * hd, kvd = (size_t)nkv * hd;
-    matmul(s->q, s->xb, &w->q_proj, T);
-    matmul(s->k, s->xb, &w->k_proj, T);
-    matmul(s->v, s->xb, &w->v_proj, T);
+    matmuls(s->xb, T, 3, (float *[]){s->q, s->k, s->v}, (const Matrix *[]){&w->q_proj, &w->k_proj, &w->v_proj});
     add_bias(s->q, w->q_bias, T, qd, (int)qd); // matmul rows are packed per token: stride = rows
     add_bias(s->k, w->k_bias, T, kvd, (int)kvd);
     add_bias(s->v, w->v_bias, T, kvd, (int)kvd);
@@ -1312,9 +1353,7 @@ static void hgrn_layer(const Model *m, const LayerWeights *w, LayerState *ls, Ru
     const Config *c = &m->c;
     int I = c->lin_head_v_dim;
     float *i_in = s->q, *f_in = s->f, *gate = s->g, *h = ls->state;
-    matmul(i_in, s->xb, &w->i_proj, T);
-    matmul(f_in, s->xb, &w->f_proj, T);
-    matmul(gate, s->xb, &w->g_proj, T);
+    matmuls(s->xb, T, 3, (float *[]){i_in, f_in, gate}, (const Matrix *[]){&w->i_proj, &w->f_proj, &w->g_proj});
     if (w->conv_w[0]) {
         short_conv(i_in, T, I, I, ls->conv_cache[0], w->conv_w[0], c->conv_size, 0);
         short_conv(f_in, T, I, I, ls->conv_cache[1], w->conv_w[1], c->conv_size, 0);
@@ -1368,9 +1407,7 @@ static void hgrn2_layer(const Model *m, const LayerWeights *w, LayerState *ls, R
     int nh = c->lin_q_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim;
     int F = nh * dk, Dv = nh * dv;
     float *q = s->q, *f = s->f, *v = s->v;
-    matmul(q, s->xb, &w->q_proj, T);
-    matmul(f, s->xb, &w->f_proj, T);
-    matmul(v, s->xb, &w->i_proj, T);
+    matmuls(s->xb, T, 3, (float *[]){q, f, v}, (const Matrix *[]){&w->q_proj, &w->f_proj, &w->i_proj});
     if (w->conv_w[0]) {
         short_conv(q, T, F, F, ls->conv_cache[0], w->conv_w[0], c->conv_size, 0);
         short_conv(f, T, F, F, ls->conv_cache[1], w->conv_w[1], c->conv_size, 0);
@@ -1427,17 +1464,14 @@ static void gla_layer(const Model *m, const LayerWeights *w, LayerState *ls, Run
     const Config *c = &m->c;
     int nq = c->lin_q_heads, nk = c->lin_k_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim;
     int Dq = nq * dk, Dk = nk * dk, Dv = nk * dv, Do = nq * dv;
-    matmul(s->q, s->xb, &w->q_proj, T);
-    matmul(s->k, s->xb, &w->k_proj, T);
-    matmul(s->v, s->xb, &w->v_proj, T);
+    matmuls(s->xb, T, 5, (float *[]){s->q, s->k, s->v, s->low_rank, s->g},
+            (const Matrix *[]){&w->q_proj, &w->k_proj, &w->v_proj, &w->gk_proj0, &w->g_proj});
     if (w->conv_w[0]) {
         short_conv(s->q, T, Dq, Dq, ls->conv_cache[0], w->conv_w[0], c->conv_size, 1);
         short_conv(s->k, T, Dk, Dk, ls->conv_cache[1], w->conv_w[1], c->conv_size, 1);
         short_conv(s->v, T, Dv, Dv, ls->conv_cache[2], w->conv_w[2], c->conv_size, 1);
     }
-    matmul(s->low_rank, s->xb, &w->gk_proj0, T);
     matmul(s->f, s->low_rank, &w->gk_proj1, T);
-    if (w->g_proj.data) matmul(s->g, s->xb, &w->g_proj, T);
     float scale = 1.0f / sqrtf((float)dk);
     for (int t = 0; t < T; t++) {
         float *qt = s->q + (size_t)t * Dq, *kt = s->k + (size_t)t * Dk, *gk = s->f + (size_t)t * Dk;
@@ -1488,10 +1522,7 @@ static void retnet_layer(const Model *m, const LayerWeights *w, LayerState *ls, 
     const Config *c = &m->c;
     int nq = c->lin_q_heads, nk = c->lin_k_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim;
     int Dq = nq * dk, Dk = nk * dk, Do = nq * dv;
-    matmul(s->q, s->xb, &w->q_proj, T);
-    matmul(s->k, s->xb, &w->k_proj, T);
-    matmul(s->v, s->xb, &w->v_proj, T);
-    if (w->g_proj.data) matmul(s->g, s->xb, &w->g_proj, T);
+    matmuls(s->xb, T, 4, (float *[]){s->q, s->k, s->v, s->g}, (const Matrix *[]){&w->q_proj, &w->k_proj, &w->v_proj, &w->g_proj});
     for (int t = 0; t < T; t++) {
         float *qt = s->q + (size_t)t * Dq, *kt = s->k + (size_t)t * Dk;
         for (int d = 0; d < Dq; d++) qt[d] = apply_feature_map(c->feature_map, qt[d]);
@@ -1546,13 +1577,11 @@ static void delta_rows(void *arg, int thread, int nt) {
 
 static void delta_layer(const Model *m, const LayerWeights *w, LayerState *ls, RunState *s, int T, float *out) {
     const Config *c = &m->c;
-    int gated = w->kind == KIND_GATED_DELTANET;
     int nq = c->lin_q_heads, nv = c->lin_v_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim;
     int Dk = nq * dk, Dv = nv * dv;
     int silu_qk = c->feature_map == FMAP_SILU;
-    matmul(s->q, s->xb, &w->q_proj, T);
-    matmul(s->k, s->xb, &w->k_proj, T);
-    matmul(s->v, s->xb, &w->v_proj, T);
+    matmuls(s->xb, T, 6, (float *[]){s->q, s->k, s->v, s->b, s->a, s->g},
+            (const Matrix *[]){&w->q_proj, &w->k_proj, &w->v_proj, &w->b_proj, &w->a_proj, &w->g_proj}); // (those it has)
     if (w->conv_w[0]) {
         short_conv(s->q, T, Dk, Dk, ls->conv_cache[0], w->conv_w[0], c->conv_size, silu_qk);
         short_conv(s->k, T, Dk, Dk, ls->conv_cache[1], w->conv_w[1], c->conv_size, silu_qk);
@@ -1561,9 +1590,6 @@ static void delta_layer(const Model *m, const LayerWeights *w, LayerState *ls, R
         for (size_t i = 0; i < (size_t)T * Dk; i++) if (silu_qk) { s->q[i] = silu(s->q[i]); s->k[i] = silu(s->k[i]); }
         for (size_t i = 0; i < (size_t)T * Dv; i++) s->v[i] = silu(s->v[i]);
     }
-    if (w->b_proj.data) matmul(s->b, s->xb, &w->b_proj, T);
-    if (gated) matmul(s->a, s->xb, &w->a_proj, T);
-    if (w->g_proj.data) matmul(s->g, s->xb, &w->g_proj, T);
     float scale = 1.0f / sqrtf((float)dk);
     for (int t = 0; t < T; t++) {
         float *qt = s->q + (size_t)t * Dk, *kt = s->k + (size_t)t * Dk;
@@ -1596,10 +1622,17 @@ static void delta_layer(const Model *m, const LayerWeights *w, LayerState *ls, R
 }
 
 /* fla's GatedMLP (SwiGLU): out = W_down ( silu(W_gate x) * (W_up x) ) */
+typedef struct { float *gate; const float *up; size_t n; } GluJob;
+static void glu_share(void *arg, int thread, int nt) { // gate = silu(gate) * up, a thread's share
+    GluJob *g = arg;
+    for (size_t i = g->n * thread / nt; i < g->n * (thread + 1) / nt; i++) g->gate[i] = silu(g->gate[i]) * g->up[i];
+}
+
 static void mlp(const LayerWeights *w, RunState *s, int T, int hidden_dim, float *out) {
-    matmul(s->hb, s->xb, &w->mlp_gate, T);
-    matmul(s->hb2, s->xb, &w->mlp_up, T);
-    for (size_t i = 0; i < (size_t)T * hidden_dim; i++) s->hb[i] = silu(s->hb[i]) * s->hb2[i];
+    matmuls(s->xb, T, 2, (float *[]){s->hb, s->hb2}, (const Matrix *[]){&w->mlp_gate, &w->mlp_up});
+    GluJob glu = {s->hb, s->hb2, (size_t)T * hidden_dim};
+    if (T == 1) glu_share(&glu, 0, 1); // a prompt's: on every thread
+    else run_parallel(glu_share, &glu);
     matmul(out, s->hb, &w->mlp_down, T);
 }
 
