@@ -1266,11 +1266,17 @@ static void attention_heads(void *arg, int thread, int nt) {
    across lanes per key), the mask and softmax per query exactly as above, then O = P V (the
    queries' probability rows as rows, V packed head-dim-major). Needs head_dim % TILE_TOKENS
    == 0; the plain loop above handles the rest (and one token). */
-static void attention_block(const AttentionJob *j, int h, int t0, int nt, float *scores, float *packed, float *o_tile) {
+// the first key a query at position p sees
+static int first_key(const Config *c, int p) { return c->attn_window > 0 && p - c->attn_window + 1 > 0 ? p - c->attn_window + 1 : 0; }
+
+/* One block of queries t0..t0+nt-1 of head h; v_packed: V of the keys v_first.. as
+   [hd / TILE_TOKENS][v_keys][TILE_TOKENS], packed once for all of the head's blocks */
+static void attention_block(const AttentionJob *j, int h, int t0, int nt, float *scores, float *packed, float *o_tile,
+                            const float *v_packed, int v_first, int v_keys) {
     const Config *c = &j->m->c;
     int hd = c->attn_head_dim, cap = j->s->kv_capacity, kvh = h / (c->attn_heads / c->attn_kv_heads);
     size_t qd = (size_t)c->attn_heads * hd, kvd = (size_t)c->attn_kv_heads * hd;
-    int p0 = j->pos + t0, first = c->attn_window > 0 && p0 - c->attn_window + 1 > 0 ? p0 - c->attn_window + 1 : 0;
+    int p0 = j->pos + t0, first = first_key(c, p0);
     int n = p0 + nt - first; // keys any query of the block sees: first .. p0 + nt - 1
     for (int d = 0; d < hd; d++) // the block's queries, [hd][TILE_TOKENS]
         for (int t = 0; t < TILE_TOKENS; t++) packed[d * TILE_TOKENS + t] = t < nt ? j->s->q[(size_t)(t0 + t) * qd + (size_t)h * hd + d] : 0.0f;
@@ -1290,17 +1296,13 @@ static void attention_block(const AttentionJob *j, int h, int t0, int nt, float 
         for (int i = 0; i < lo - first; i++) row[i] = 0.0f;
         for (int i = p - first + 1; i < n; i++) row[i] = 0.0f;
     }
-    for (int g = 0; g < hd / TILE_TOKENS; g++) // V as [hd / TILE_TOKENS][keys][TILE_TOKENS]
-        for (int i = 0; i < n; i++)
-            memcpy(packed + ((size_t)g * n + i) * TILE_TOKENS,
-                   j->ls->value_cache + (size_t)((first + i) % cap) * kvd + (size_t)kvh * hd + (size_t)g * TILE_TOKENS, sizeof(float) * TILE_TOKENS);
     for (int t = 0; t < nt; t += TILE_ROWS) { // o_tile[d][t] = sum_i P[t][i] V[i][d]
         int nr = nt - t < TILE_ROWS ? nt - t : TILE_ROWS;
         const float *probs[TILE_ROWS];
         for (int r = 0; r < TILE_ROWS; r++) probs[r] = scores + (size_t)(t + (r < nr ? r : nr - 1)) * n;
         for (int g = 0; g < hd / TILE_TOKENS; g++)
-            rows_times_tokens(o_tile + (size_t)g * TILE_TOKENS * TILE_TOKENS + t, TILE_TOKENS, probs, packed + (size_t)g * n * TILE_TOKENS,
-                              n, nr, TILE_TOKENS);
+            rows_times_tokens(o_tile + (size_t)g * TILE_TOKENS * TILE_TOKENS + t, TILE_TOKENS, probs,
+                              v_packed + ((size_t)g * v_keys + (first - v_first)) * TILE_TOKENS, n, nr, TILE_TOKENS);
     }
     for (int t = 0; t < nt; t++)
         for (int d = 0; d < hd; d++) j->s->o[(size_t)(t0 + t) * qd + (size_t)h * hd + d] = o_tile[d * TILE_TOKENS + t];
@@ -1309,17 +1311,25 @@ static void attention_block(const AttentionJob *j, int h, int t0, int nt, float 
 static void attention_blocks(void *arg, int thread, int nt) {
     const AttentionJob *j = arg;
     const Config *c = &j->m->c;
-    int hd = c->attn_head_dim, blocks = (j->T + TILE_TOKENS - 1) / TILE_TOKENS, n_max = j->pos + j->T;
-    float *scores = malloc(sizeof(float) * TILE_TOKENS * n_max), *packed = malloc(sizeof(float) * hd * (n_max > TILE_TOKENS ? n_max : TILE_TOKENS)),
-          *o_tile = malloc(sizeof(float) * hd * TILE_TOKENS);
-    if (!scores || !packed || !o_tile) fatal("out of memory");
-    for (int task = thread; task < blocks * c->attn_heads; task += nt) {
-        int b = task / c->attn_heads, t0 = b * TILE_TOKENS;
-        attention_block(j, task % c->attn_heads, t0, j->T - t0 < TILE_TOKENS ? j->T - t0 : TILE_TOKENS, scores, packed, o_tile);
+    int hd = c->attn_head_dim, cap = j->s->kv_capacity, n_max = j->pos + j->T, group = c->attn_heads / c->attn_kv_heads;
+    size_t kvd = (size_t)c->attn_kv_heads * hd;
+    int v_first = first_key(c, j->pos), v_keys = n_max - v_first; // the keys any query of the batch sees
+    float *scores = malloc(sizeof(float) * TILE_TOKENS * n_max), *packed = malloc(sizeof(float) * hd * TILE_TOKENS),
+          *o_tile = malloc(sizeof(float) * hd * TILE_TOKENS), *v_packed = malloc(sizeof(float) * hd * v_keys);
+    if (!scores || !packed || !o_tile || !v_packed) fatal("out of memory");
+    for (int h = thread; h < c->attn_heads; h += nt) { // a head at a time: its V packed once for all its blocks
+        for (int g = 0; g < hd / TILE_TOKENS; g++)
+            for (int i = 0; i < v_keys; i++)
+                memcpy(v_packed + ((size_t)g * v_keys + i) * TILE_TOKENS,
+                       j->ls->value_cache + (size_t)((v_first + i) % cap) * kvd + (size_t)(h / group) * hd + (size_t)g * TILE_TOKENS,
+                       sizeof(float) * TILE_TOKENS);
+        for (int t0 = 0; t0 < j->T; t0 += TILE_TOKENS)
+            attention_block(j, h, t0, j->T - t0 < TILE_TOKENS ? j->T - t0 : TILE_TOKENS, scores, packed, o_tile, v_packed, v_first, v_keys);
     }
     free(scores);
     free(packed);
     free(o_tile);
+    free(v_packed);
 }
 
 static void attention_layer(const Model *m, const LayerWeights *w, LayerState *ls, RunState *s, int T, int pos, float *out) {
