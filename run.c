@@ -990,6 +990,24 @@ static void run_parallel(ParallelFn fn, void *arg) {
 #define TILE_TOKENS (2 * VEC_FLOATS)
 typedef float vfloat __attribute__((vector_size(VEC_FLOATS * sizeof(float))));
 static vfloat vload(const float *p) { vfloat v; memcpy(&v, p, sizeof v); return v; }
+static void vstore(float *p, vfloat v) { memcpy(p, &v, sizeof v); }
+typedef int32_t vint __attribute__((vector_size(VEC_FLOATS * sizeof(int32_t))));
+static vfloat vselect(vint mask, vfloat a, vfloat b) { return (vfloat)((mask & (vint)a) | (~mask & (vint)b)); }
+
+/* expf for a vector (softmax, silu), as Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2,
+   e^r by its degree-7 Taylor-like polynomial, times 2^n written into the exponent bits.
+   Within 2 ulp of expf; x is clamped to [-87.3, 88.3] (normal results only). */
+static vfloat vexp(vfloat x) {
+    vfloat lo = (vfloat){0} - 87.33654f, hi = (vfloat){0} + 88.37626f;
+    x = vselect(x < lo, lo, vselect(x > hi, hi, x));
+    vfloat t = x * 1.44269504088896341f + 12582912.0f; // 1.5 * 2^23 + n: n = round(x / ln2) in the low bits
+    vfloat n = t - 12582912.0f;
+    vint ni = (vint)t - 0x4B400000;
+    vfloat r = x - n * 0.693359375f + n * 2.12194440e-4f; // x - n ln2, ln2 in two parts
+    vfloat p = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r + 1.6666665459e-1f) * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    return p * (vfloat)((ni + 127) << 23);
+}
 
 // x [T][cols] -> per group of TILE_TOKENS tokens, [cols][TILE_TOKENS] (tokens past T: 0);
 // 64 columns at a time, each token's read in order (a column of x walked down would touch
@@ -1219,6 +1237,20 @@ static void softmax(float *x, int n) {
     for (int i = 0; i < n; i++) x[i] /= sum;
 }
 
+// the same, a vector at a time (the max and the sum in VEC_FLOATS lanes, exp by vexp; the last n % VEC_FLOATS as above)
+static void softmax_simd(float *x, int n) {
+    int nv = n / VEC_FLOATS * VEC_FLOATS;
+    vfloat vmx = (vfloat){0} + x[0], vsum = {0};
+    for (int i = 0; i < nv; i += VEC_FLOATS) { vfloat v = vload(x + i); vmx = vselect(v > vmx, v, vmx); }
+    float mx = x[0], sum = 0.0f;
+    for (int l = 0; l < VEC_FLOATS; l++) mx = vmx[l] > mx ? vmx[l] : mx;
+    for (int i = nv; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    for (int i = 0; i < nv; i += VEC_FLOATS) { vfloat e = vexp(vload(x + i) - mx); vstore(x + i, e); vsum += e; }
+    for (int l = 0; l < VEC_FLOATS; l++) sum += vsum[l];
+    for (int i = nv; i < n; i++) { x[i] = expf(x[i] - mx); sum += x[i]; }
+    for (int i = 0; i < n; i++) x[i] /= sum;
+}
+
 static void add_bias(float *x, const float *bias, int T, size_t stride, int n) {
     if (!bias) return;
     for (int t = 0; t < T; t++) for (int i = 0; i < n; i++) x[(size_t)t * stride + i] += bias[i];
@@ -1250,7 +1282,7 @@ static void attention_heads(void *arg, int thread, int nt) {
         const float *qh = j->s->q + (size_t)t * qd + (size_t)h * hd;
         for (int i = 0; i < n; i++)
             att[i] = dot_f32(qh, j->ls->key_cache + (size_t)((first + i) % cap) * kvd + (size_t)kvh * hd, hd) * scale;
-        softmax(att, n);
+        softmax_simd(att, n);
         float *oh = j->s->o + (size_t)t * qd + (size_t)h * hd;
         memset(oh, 0, hd * sizeof(float));
         for (int i = 0; i < n; i++) {
@@ -1292,7 +1324,7 @@ static void attention_block(const AttentionJob *j, int h, int t0, int nt, float 
         int p = p0 + t, lo = c->attn_window > 0 && p - c->attn_window + 1 > first ? p - c->attn_window + 1 : first;
         float *row = scores + (size_t)t * n;
         for (int i = lo - first; i <= p - first; i++) row[i] *= scale;
-        softmax(row + (lo - first), p - lo + 1);
+        softmax_simd(row + (lo - first), p - lo + 1);
         for (int i = 0; i < lo - first; i++) row[i] = 0.0f;
         for (int i = p - first + 1; i < n; i++) row[i] = 0.0f;
     }
@@ -1635,7 +1667,12 @@ static void delta_layer(const Model *m, const LayerWeights *w, LayerState *ls, R
 typedef struct { float *gate; const float *up; size_t n; } GluJob;
 static void glu_share(void *arg, int thread, int nt) { // gate = silu(gate) * up, a thread's share
     GluJob *g = arg;
-    for (size_t i = g->n * thread / nt; i < g->n * (thread + 1) / nt; i++) g->gate[i] = silu(g->gate[i]) * g->up[i];
+    size_t i = g->n * thread / nt / VEC_FLOATS * VEC_FLOATS, end = thread == nt - 1 ? g->n : g->n * (thread + 1) / nt / VEC_FLOATS * VEC_FLOATS;
+    for (; i + VEC_FLOATS <= end; i += VEC_FLOATS) { // silu(x) = x / (1 + e^-x), a vector at a time
+        vfloat x = vload(g->gate + i);
+        vstore(g->gate + i, x / (1.0f + vexp(-x)) * vload(g->up + i));
+    }
+    for (; i < end; i++) g->gate[i] = silu(g->gate[i]) * g->up[i];
 }
 
 static void mlp(const LayerWeights *w, RunState *s, int T, int hidden_dim, float *out) {
