@@ -1052,30 +1052,19 @@ typedef struct {
     const float *x;
     const float *x_pairs;  // one token, bf16 weights: x in bf16 pair order
     const float *x_packed; // a batch: x packed by pack_tokens
-    int first_chunk[MAX_MATMULS + 1]; // a batch: matrix i's rows are chunks first_chunk[i].. of CHUNK_ROWS
-    atomic_int next_chunk; // a batch: the next chunk nobody has taken
+    int chunk_rows[MAX_MATMULS], first_chunk[MAX_MATMULS + 1]; // matrix i's rows: chunks first_chunk[i].. of chunk_rows[i]
+    atomic_int next_chunk; // the next chunk nobody has taken
 } MatmulJob;
-#define CHUNK_ROWS (4 * TILE_ROWS)
+#define CHUNK_ROWS (4 * TILE_ROWS)     // a batch's chunk
+#define DECODE_CHUNK_BYTES (256 << 10) // one token's: 256 KB of weights (little of it prefetched for nothing)
 
+/* Each thread takes a chunk of rows of a matrix at a time, as long as some are left (on a
+   shared machine one core can fall behind: equal shares made the other wait). One token:
+   each row dotted straight from its dtype. A batch: TILE_ROWS rows (as fp32) at a time times
+   every group of tokens. */
 static void matmul_rows(void *arg, int thread, int nt) {
     MatmulJob *j = arg;
-    if (j->T == 1) { // one token: equal shares of each matrix's rows (the weight stream is the cost)
-        for (int m = 0; m < j->n; m++) {
-            const Matrix *w = j->w[m];
-            int r0 = (int)((long)w->rows * thread / nt), r1 = (int)((long)w->rows * (thread + 1) / nt);
-#ifdef SIMD_AVX512
-            if (j->x_pairs && w->dtype == DTYPE_BF16) {
-                for (int r = r0; r < r1; r++) j->out[m][r] = dot_bf16_pairs_512((const uint16_t *)w->data + (size_t)r * w->cols, j->x_pairs, w->cols);
-                continue;
-            }
-#endif
-            for (int r = r0; r < r1; r++) j->out[m][r] = dot_row(w, r, j->x);
-        }
-        return;
-    }
-    /* a batch: each thread takes CHUNK_ROWS rows of a matrix at a time, as long as some are
-       left (on a shared machine one core can fall behind: equal shares made the other wait),
-       and does them TILE_ROWS rows (as fp32) at a time times every group of tokens */
+    (void)thread, (void)nt;
     int cols = j->w[0]->cols;
     size_t stride = (size_t)cols + ROW_PAD_FLOATS;
     float *rows = NULL; // narrow weights as fp32, TILE_ROWS rows
@@ -1083,7 +1072,17 @@ static void matmul_rows(void *arg, int thread, int nt) {
         int m = 0;
         while (c >= j->first_chunk[m + 1]) m++;
         const Matrix *w = j->w[m];
-        int r0 = (c - j->first_chunk[m]) * CHUNK_ROWS, r1 = r0 + CHUNK_ROWS < w->rows ? r0 + CHUNK_ROWS : w->rows;
+        int r0 = (c - j->first_chunk[m]) * j->chunk_rows[m], r1 = r0 + j->chunk_rows[m] < w->rows ? r0 + j->chunk_rows[m] : w->rows;
+        if (j->T == 1) {
+#ifdef SIMD_AVX512
+            if (j->x_pairs && w->dtype == DTYPE_BF16) {
+                for (int r = r0; r < r1; r++) j->out[m][r] = dot_bf16_pairs_512((const uint16_t *)w->data + (size_t)r * w->cols, j->x_pairs, w->cols);
+                continue;
+            }
+#endif
+            for (int r = r0; r < r1; r++) j->out[m][r] = dot_row(w, r, j->x);
+            continue;
+        }
         if (w->dtype != DTYPE_F32 && !rows && !(rows = malloc(sizeof(float) * TILE_ROWS * stride))) fatal("out of memory");
         for (int r = r0; r < r1; r += TILE_ROWS) {
             int n = r1 - r < TILE_ROWS ? r1 - r : TILE_ROWS;
@@ -1144,7 +1143,9 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
         if (!w[i]->data) continue; // a projection this layer does not have
         j.out[j.n] = out[i];
         j.w[j.n] = w[i];
-        j.first_chunk[j.n + 1] = j.first_chunk[j.n] + (w[i]->rows + CHUNK_ROWS - 1) / CHUNK_ROWS;
+        size_t row_bytes = dtype_bytes(w[i]->dtype, 1, (uint64_t)w[i]->cols);
+        j.chunk_rows[j.n] = T > 1 || row_bytes * CHUNK_ROWS >= DECODE_CHUNK_BYTES ? CHUNK_ROWS : (int)(DECODE_CHUNK_BYTES / row_bytes);
+        j.first_chunk[j.n + 1] = j.first_chunk[j.n] + (w[i]->rows + j.chunk_rows[j.n] - 1) / j.chunk_rows[j.n];
         j.n++;
         work += (size_t)w[i]->rows * w[i]->cols * T;
         bf16 |= w[i]->dtype == DTYPE_BF16;
