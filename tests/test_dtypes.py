@@ -30,3 +30,21 @@ def test_weight_dtype_against_fla_fp32(name, dtype, exported, tmp_path):
 def test_q8_file_is_about_a_quarter_of_fp32(exported):
     a, b = exported("gated_deltanet_gva", "fp32").stat().st_size, exported("gated_deltanet_gva", "q8").stat().st_size
     assert b < 0.4 * a
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "q8"])
+@pytest.mark.parametrize("name", ["gated_deltanet_gva", "transformer", "hgrn2_pure"])
+def test_thread_count_does_not_change_the_logits(name, dtype, exported, tmp_path):
+    """Rows, heads and state rows go to whichever thread is free, but each output is computed
+    by one thread in one order: -T 1, 2 and 3 give the same bits. (The prompt path's products
+    are shared among the threads at these sizes, 80 tokens x 64 wide; one token's are too small
+    to share here, so --one-by-one is compared too but runs its products on one thread.)"""
+    e = load_file(str(FIXTURES / name / "expected.safetensors"))
+    toks = ",".join(map(str, e["tokens_long"]))
+    for mode in ([], ["--one-by-one"]):
+        got = []
+        for threads in ("1", "2", "3"):
+            out = tmp_path / f"l{threads}.f32"
+            run_tool(exported(name, dtype), "--tokens", toks, "--logits", out, "-T", threads, *mode)
+            got.append(np.fromfile(out, np.float32))
+        assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2]), f"{name} {dtype} {mode}"
