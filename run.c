@@ -1040,9 +1040,10 @@ static void rows_times_tokens(float *out, int out_stride, const float *const w[T
 }
 
 /* matmul: out[t][r] = sum_j W[r][j] * x[t][j] for T tokens. THE hot spot: nearly all
-   of a token's time is spent here, reading the weights. Rows are split across threads.
-   One token: each row is dotted straight from its dtype. Several tokens (a prompt
-   batch): TILE_ROWS rows, converted to fp32 once, times all T tokens (above). */
+   of a token's time is spent here, reading the weights. Rows are shared among the threads
+   in chunks (matmul_rows). One token: each row is dotted straight from its dtype. Several
+   tokens (a prompt batch): TILE_ROWS rows, converted to fp32 once, times all T tokens
+   (above). */
 #define ROW_PAD_FLOATS 16 // rows apart by 4 KB x 2^n share one L1 set: 64 bytes more between copied rows
 #define MAX_MATMULS 6     // matrices sharing one input in one call (a linear layer's projections)
 typedef struct {
