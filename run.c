@@ -2301,20 +2301,30 @@ static int sample(Sampler *sp, float *logits, int n, const int *recent, int n_re
     if (sp->temperature == 0.0f) return argmax(logits, n);
     for (int i = 0; i < n; i++) logits[i] /= sp->temperature;
     softmax(logits, n);
-    // candidates: all tokens sorted by probability, then cut by top-k, min-p and top-p
-    int m = 0;
+    // candidates: all tokens sorted by probability, then cut by top-k, min-p and top-p.
+    // With top-p, tokens below (1 - top_p) / (n - 1) are left out of the sort first (as
+    // llama2.c does): together they hold less than 1 - top_p, so the walk reaches top_p
+    // before them; if rounding says otherwise, the sort is redone with every token.
     float pmax = 0;
     for (int i = 0; i < n; i++) pmax = fmaxf(pmax, logits[i]);
-    for (int i = 0; i < n; i++)
-        if (logits[i] >= sp->minp * pmax) sp->probindex[m++] = (ProbIndex){logits[i], i};
-    qsort(sp->probindex, (size_t)m, sizeof(ProbIndex), compare_prob_desc);
-    if (sp->topk > 0 && sp->topk < m) m = sp->topk;
-    float cum = 0;
-    int last = m - 1;
-    for (int i = 0; i < m; i++) {
-        cum += sp->probindex[i].prob;
-        if (sp->topp < 1.0f && cum > sp->topp) { last = i; break; }
+    float cutoff = sp->topp < 1.0f ? (1.0f - sp->topp) / (float)(n - 1) : 0.0f;
+    int m, last;
+    for (;;) {
+        m = 0;
+        for (int i = 0; i < n; i++)
+            if (logits[i] >= sp->minp * pmax && logits[i] >= cutoff) sp->probindex[m++] = (ProbIndex){logits[i], i};
+        qsort(sp->probindex, (size_t)m, sizeof(ProbIndex), compare_prob_desc);
+        if (sp->topk > 0 && sp->topk < m) m = sp->topk;
+        float cum = 0;
+        last = -1;
+        for (int i = 0; i < m && last < 0; i++) {
+            cum += sp->probindex[i].prob;
+            if (sp->topp < 1.0f && cum > sp->topp) last = i;
+        }
+        if (last >= 0 || cutoff == 0.0f || (sp->topk > 0 && sp->topk <= m)) break; // (top-k cut inside the candidates: as without the cutoff)
+        cutoff = 0.0f;
     }
+    if (last < 0) last = m - 1;
     float total = 0;
     for (int i = 0; i <= last; i++) total += sp->probindex[i].prob;
     float r = random_f32(&sp->rng) * total, acc = 0;

@@ -130,3 +130,30 @@ def test_survives_a_closed_pipe(exported):
 def test_generation_stops_at_a_full_context_with_a_note(exported):
     r = run_tool(exported("transformer"), "--tokens", "1,2,3", "-n", 50, "--ctx", 10, "--ids")
     assert len(r.stdout.split()) == 8 and b"context of 10 tokens is full" in r.stderr
+
+
+def test_top_p_and_top_k_draw_only_from_their_cut(tmp_path):
+    """The sampler sorts only the tokens that can be in the top-p nucleus (p >= (1 - top_p) /
+    (vocab - 1)); every draw must still come from the nucleus (and the top k) computed here
+    from the logits of the same step, with temperature 1."""
+    from conftest import REPO
+    model = REPO / "models" / "shakespeare_gdn.bin"
+    prompt = "1,415,2936,29901"
+    out = tmp_path / "l.f32"
+    run_tool(model, "--tokens", prompt, "--logits", out)
+    logits = np.fromfile(out, np.float32).reshape(4, -1)[-1].astype(np.float64)
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    for top_p, top_k in ((0.5, 0), (0.9, 0), (0.95, 5)):
+        ranked = order[:top_k] if top_k else order
+        nucleus = set(ranked[: int(np.searchsorted(np.cumsum(p[ranked]), top_p, side="right")) + 1].tolist())
+        drawn = set()
+        for seed in range(1, 121):
+            extra = ["-k", top_k] if top_k else []
+            r = run_tool(model, "--tokens", prompt, "-n", 1, "-t", 1, "-p", top_p, "-s", seed, *extra, "--ids", "--quiet")
+            drawn.add(int(r.stdout.split()[0]))
+        assert drawn <= nucleus, (top_p, top_k, sorted(drawn - nucleus))
+        mass = sum(p[i] for i in nucleus)
+        likely = {i for i in nucleus if p[i] / mass >= 0.05}  # each drawn by one of 120 seeds but for odds ~0.2%
+        assert likely <= drawn, (top_p, top_k, sorted(likely - drawn))
