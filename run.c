@@ -699,8 +699,9 @@ static float dot_q8(const int8_t *w, const float *scales, const float *x, int n)
    only so many cache-line misses in flight, and a narrow (bf16, q8) row is consumed faster
    than the hardware prefetcher ramps up, so without this one thread reads 7-11 GB/s of the
    ~17 GB/s a core can pull; with it, 340M decode on 2 cores went from 24 to 34 tok/s (bf16)
-   and 31 to 59 (q8). Rows are contiguous and each thread owns a run of rows, so reading past
-   a row's end prefetches the thread's next row; a prefetch never faults. 3 KB into L2 (T1)
+   and 31 to 59 (q8). Rows are contiguous and a thread takes a chunk of 256 KB of them at a
+   time (matmul_rows), so reading past a row's end prefetches the chunk's next row; a prefetch
+   never faults. 3 KB into L2 (T1)
    was the best of 1-4 KB x T0/T1 measured on the dev VM for bf16; q8 rows, with more
    arithmetic per byte, gained again from 3 to 12 KB (mean of 6 runs 57.7 -> 59.7 tok/s; 24 KB:
    no better). fp32 rows (wide loads, which the hardware prefetcher keeps up with) measured no
@@ -711,7 +712,7 @@ static float dot_q8(const int8_t *w, const float *scales, const float *x, int n)
 #ifndef PREFETCH_BYTES_Q8
 #define PREFETCH_BYTES_Q8 12288
 #endif
-#define PREFETCH_AHEAD(p) _mm_prefetch((const char *)(p) + PREFETCH_BYTES, _MM_HINT_T1)
+#define PREFETCH_AHEAD(p, bytes) _mm_prefetch((const char *)(p) + (bytes), _MM_HINT_T1)
 static float dot_simd512(const float *a, const float *b, int n) {
     __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     int i = 0;
@@ -732,8 +733,8 @@ static float dot_simd512(const float *a, const float *b, int n) {
         __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;                     \
         int i = 0;                                                                                     \
         for (; i + 64 <= n; i += 64) {                                                                 \
-            PREFETCH_AHEAD(w + i);                                                                     \
-            PREFETCH_AHEAD(w + i + 32);                                                                \
+            PREFETCH_AHEAD(w + i, PREFETCH_BYTES);                                                     \
+            PREFETCH_AHEAD(w + i + 32, PREFETCH_BYTES);                                                \
             acc0 = _mm512_fmadd_ps(WIDEN(w + i), _mm512_loadu_ps(x + i), acc0);                        \
             acc1 = _mm512_fmadd_ps(WIDEN(w + i + 16), _mm512_loadu_ps(x + i + 16), acc1);              \
             acc2 = _mm512_fmadd_ps(WIDEN(w + i + 32), _mm512_loadu_ps(x + i + 32), acc2);              \
@@ -761,8 +762,8 @@ static float dot_bf16_pairs_512(const uint16_t *w, const float *xp, int n) { // 
     __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     int i = 0;
     for (; i + 64 <= n; i += 64) {
-        PREFETCH_AHEAD(w + i);
-        PREFETCH_AHEAD(w + i + 32);
+        PREFETCH_AHEAD(w + i, PREFETCH_BYTES);
+        PREFETCH_AHEAD(w + i + 32, PREFETCH_BYTES);
         __m512i v0 = _mm512_loadu_si512(w + i), v1 = _mm512_loadu_si512(w + i + 32);
         acc0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), _mm512_loadu_ps(xp + i), acc0);
         acc1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v0, high)), _mm512_loadu_ps(xp + i + 16), acc1);
@@ -779,7 +780,7 @@ static float dot_bf16_pairs_512(const uint16_t *w, const float *xp, int n) { // 
 static float dot_q8_512(const int8_t *w, const float *scales, const float *x, int n) { // n % 64 == 0
     __m512 total = _mm512_setzero_ps();
     for (int g = 0; g < n; g += Q8_GROUP) { // a group: 4 x 16 weights, then its scale
-        _mm_prefetch((const char *)(w + g) + PREFETCH_BYTES_Q8, _MM_HINT_T1);
+        PREFETCH_AHEAD(w + g, PREFETCH_BYTES_Q8);
         __m512 sum = _mm512_setzero_ps(); // one multiply-add per 16 weights (not a multiply, then adds)
         for (int k = 0; k < 4; k++)
             sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + g + 16 * k)))),
@@ -1275,6 +1276,9 @@ static void add_bias(float *x, const float *bias, int T, size_t stride, int n) {
    cache (a ring) first; then every (token, head) pair attends, spread over the threads. */
 typedef struct { const Model *m; LayerState *ls; RunState *s; int T, pos; } AttentionJob;
 
+// the first key a query at position p sees (its window: p - W + 1 .. p)
+static int first_key(const Config *c, int p) { return c->attn_window > 0 && p - c->attn_window + 1 > 0 ? p - c->attn_window + 1 : 0; }
+
 static void attention_heads(void *arg, int thread, int nt) {
     AttentionJob *j = arg;
     const Config *c = &j->m->c;
@@ -1283,7 +1287,7 @@ static void attention_heads(void *arg, int thread, int nt) {
     float scale = 1.0f / sqrtf((float)hd), *att = j->s->att + (size_t)thread * cap;
     for (int task = thread; task < j->T * nq; task += nt) {
         int t = task / nq, h = task % nq, p = j->pos + t, kvh = h / group;
-        int first = c->attn_window > 0 && p - c->attn_window + 1 > 0 ? p - c->attn_window + 1 : 0;
+        int first = first_key(c, p);
         int n = p - first + 1;
         const float *qh = j->s->q + (size_t)t * qd + (size_t)h * hd;
         for (int i = 0; i < n; i++)
@@ -1304,8 +1308,6 @@ static void attention_heads(void *arg, int thread, int nt) {
    across lanes per key), the mask and softmax per query exactly as above, then O = P V (the
    queries' probability rows as rows, V packed head-dim-major). Needs head_dim % TILE_TOKENS
    == 0; the plain loop above handles the rest (and one token). */
-// the first key a query at position p sees
-static int first_key(const Config *c, int p) { return c->attn_window > 0 && p - c->attn_window + 1 > 0 ? p - c->attn_window + 1 : 0; }
 
 /* One block of queries t0..t0+nt-1 of head h; v_packed: V of the keys v_first.. as
    [hd / TILE_TOKENS][v_keys][TILE_TOKENS], packed once for all of the head's blocks */
@@ -1327,7 +1329,7 @@ static void attention_block(const AttentionJob *j, int h, int t0, int nt, float 
     }
     float scale = 1.0f / sqrtf((float)hd);
     for (int t = 0; t < nt; t++) { // each query's keys: its window up to itself; the rest get probability 0
-        int p = p0 + t, lo = c->attn_window > 0 && p - c->attn_window + 1 > first ? p - c->attn_window + 1 : first;
+        int p = p0 + t, lo = first_key(c, p); // (>= first: the block's first query sees the furthest back)
         float *row = scores + (size_t)t * n;
         for (int i = lo - first; i <= p - first; i++) row[i] *= scale;
         softmax_simd(row + (lo - first), p - lo + 1);
@@ -1684,7 +1686,7 @@ static void glu_share(void *arg, int thread, int nt) { // gate = silu(gate) * up
 static void mlp(const LayerWeights *w, RunState *s, int T, int hidden_dim, float *out) {
     matmuls(s->xb, T, 2, (float *[]){s->hb, s->hb2}, (const Matrix *[]){&w->mlp_gate, &w->mlp_up});
     GluJob glu = {s->hb, s->hb2, (size_t)T * hidden_dim};
-    if (T == 1) glu_share(&glu, 0, 1); // a prompt's: on every thread
+    if (T == 1) glu_share(&glu, 0, 1); // one token's: too little to share; a prompt's: on every thread
     else run_parallel(glu_share, &glu);
     matmul(out, s->hb, &w->mlp_down, T);
 }
