@@ -16,6 +16,7 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <float.h>
 #include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
@@ -608,6 +609,57 @@ static float dot(const float *a, const float *b, int n) {
     return s;
 }
 
+/* q8 weights times a token in int16. The token is cut into the weights' groups of 64 and each
+   group rounded to int16 with a scale of its own (x[i] ~ x_scale[g] * x_q[i], |x_q| <= 32767).
+   A group's 64 products are then integers, summed exactly in int32 (|w_q8 * x_q| * 64 < 2^31),
+   and only the group's sum is scaled:
+       W[r] . x  ~  sum over groups g of  w_scale[r][g] * x_scale[g] * sum_{i in g} w_q8[r][i] * x_q[i]
+   Integer multiply-adds (AVX-512 VNNI's vpdpwssd: 32 products per instruction) ran 1.6x the
+   fp32 widening kernel's rate in cache on the dev VM. The rounding of x, 2^-16 of its group's
+   largest value, is far below the weights' own 2^-8. (int8 for x too, as llama.cpp's Q8_0 and
+   llama2.c's runq do, ran 2.4x in cache but only 7-14% faster decode here, and doubled the
+   mean KL from fp32 on the random 340M models: not taken.) A prompt batch multiplies the same
+   rounded x, as floats (x_scale[g] * x_q[i]), so it equals its tokens one by one. A group that
+   is not finite gets a NaN scale: the products it enters come out NaN. */
+typedef struct {
+    int16_t *q;   // [n]: x_q
+    float *scale; // [n / Q8_GROUP]: x_scale
+} QuantizedX;
+
+static void quantize_x(QuantizedX *xq, const float *x, int n) { // n % Q8_GROUP == 0
+    for (int g = 0; g < n / Q8_GROUP; g++) {
+        const float *xg = x + (size_t)g * Q8_GROUP;
+        float max = 0.0f;
+        int finite = 1;
+        for (int i = 0; i < Q8_GROUP; i++) {
+            float a = fabsf(xg[i]);
+            finite &= a <= FLT_MAX; // false for inf and NaN
+            if (a > max) max = a;
+        }
+        float inv = finite && max > 0.0f ? 32767.0f / max : 0.0f;
+        xq->scale[g] = finite ? max / 32767.0f : NAN;
+        for (int i = 0; i < Q8_GROUP; i++) {
+            long v = finite ? lrintf(xg[i] * inv) : 0; // round half to even
+            xq->q[(size_t)g * Q8_GROUP + i] = (int16_t)(v > 32767 ? 32767 : v < -32767 ? -32767 : v);
+        }
+    }
+}
+
+// the rounded token as floats, for a prompt batch's fp32 products
+static void dequantize_x(float *out, const QuantizedX *xq, int n) {
+    for (int i = 0; i < n; i++) out[i] = xq->scale[i / Q8_GROUP] * (float)xq->q[i];
+}
+
+static float dot_q8_x16(const int8_t *w, const float *w_scale, const QuantizedX *x, int n) { // n % Q8_GROUP == 0
+    float s = 0.0f;
+    for (int g = 0; g < n / Q8_GROUP; g++) {
+        int32_t sum = 0;
+        for (int i = g * Q8_GROUP; i < (g + 1) * Q8_GROUP; i++) sum += w[i] * x->q[i];
+        s += (float)sum * (w_scale[g] * x->scale[g]);
+    }
+    return s;
+}
+
 /* The same dot products, with a weight row still in its file dtype: the plain loops,
    and AVX2/FMA and AVX-512 versions next to them (chosen at build time; -march=native
    picks the widest the machine has).
@@ -672,19 +724,14 @@ static float dot_f16(const uint16_t *w, const float *x, int n) {
     return s;
 }
 #endif
-static float dot_q8(const int8_t *w, const float *scales, const float *x, int n) { // n % 64 == 0
+static float dot_q8_x16_avx2(const int8_t *w, const float *w_scale, const QuantizedX *x, int n) { // n % 64 == 0
     __m256 total = _mm256_setzero_ps();
-    for (int g = 0; g < n; g += Q8_GROUP) { // a group: 8 independent chains of 8, then its scale
-        __m256 acc[4];
-        for (int k = 0; k < 4; k++) {
-            const int8_t *wk = w + g + 16 * k;
-            __m256 a = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)wk))),
-                                     _mm256_loadu_ps(x + g + 16 * k));
-            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(wk + 8)))),
-                                     _mm256_loadu_ps(x + g + 16 * k + 8), a);
-        }
-        __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        total = _mm256_fmadd_ps(sum, _mm256_set1_ps(scales[g / Q8_GROUP]), total);
+    for (int g = 0; g < n; g += Q8_GROUP) { // 4 x 16 products: int16 pairs summed into int32 lanes (exact)
+        __m256i sum = _mm256_setzero_si256();
+        for (int k = 0; k < Q8_GROUP; k += 16)
+            sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + g + k))),
+                                                          _mm256_loadu_si256((const __m256i *)(x->q + g + k))));
+        total = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(w_scale[g / Q8_GROUP] * x->scale[g / Q8_GROUP]), total);
     }
     return hsum256(total);
 }
@@ -777,18 +824,25 @@ static float dot_bf16_pairs_512(const uint16_t *w, const float *xp, int n) { // 
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
 }
-static float dot_q8_512(const int8_t *w, const float *scales, const float *x, int n) { // n % 64 == 0
+#ifdef __AVX512BW__
+#define SIMD_Q8_512 1
+static float dot_q8_x16_512(const int8_t *w, const float *w_scale, const QuantizedX *x, int n) { // n % 64 == 0
     __m512 total = _mm512_setzero_ps();
-    for (int g = 0; g < n; g += Q8_GROUP) { // a group: 4 x 16 weights, then its scale
+    for (int g = 0; g < n; g += Q8_GROUP) { // a group: 2 x 32 weights widened to int16, times x's int16
         PREFETCH_AHEAD(w + g, PREFETCH_BYTES_Q8);
-        __m512 sum = _mm512_setzero_ps(); // one multiply-add per 16 weights (not a multiply, then adds)
-        for (int k = 0; k < 4; k++)
-            sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + g + 16 * k)))),
-                                  _mm512_loadu_ps(x + g + 16 * k), sum);
-        total = _mm512_fmadd_ps(sum, _mm512_set1_ps(scales[g / Q8_GROUP]), total);
+        __m512i w0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + g)));
+        __m512i w1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + g + 32)));
+        __m512i x0 = _mm512_loadu_si512(x->q + g), x1 = _mm512_loadu_si512(x->q + g + 32), sum;
+#ifdef __AVX512VNNI__ // pairs of products added into int32 lanes in one instruction
+        sum = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), w0, x0), w1, x1);
+#else
+        sum = _mm512_add_epi32(_mm512_madd_epi16(w0, x0), _mm512_madd_epi16(w1, x1));
+#endif
+        total = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(w_scale[g / Q8_GROUP] * x->scale[g / Q8_GROUP]), total);
     }
     return _mm512_reduce_add_ps(total);
 }
+#endif
 #endif
 
 /* NEON (aarch64): the same kernels, 4 lanes per register, 16 weights per step. */
@@ -831,26 +885,26 @@ static float dot_16bit_neon(const uint16_t *w, const float *x, int n, int is_bf1
     for (; i < n; i++) s += (is_bf16 ? bf16_to_f32(w[i]) : f16_to_f32(w[i])) * x[i];
     return s;
 }
-static float dot_q8_neon(const int8_t *w, const float *scales, const float *x, int n) { // n % 64 == 0
+static float dot_q8_x16_neon(const int8_t *w, const float *w_scale, const QuantizedX *x, int n) { // n % 64 == 0
     float32x4_t total = vdupq_n_f32(0.0f);
     for (int g = 0; g < n; g += Q8_GROUP) {
-        float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0;
-        for (int k = 0; k < Q8_GROUP; k += 16) { // 16 int8 -> 2 x int16x8 -> 4 x float32x4
-            int8x16_t b = vld1q_s8(w + g + k);
-            int16x8_t l = vmovl_s8(vget_low_s8(b)), h = vmovl_high_s8(b);
-            const float *xk = x + g + k;
-            acc0 = vfmaq_f32(acc0, vcvtq_f32_s32(vmovl_s16(vget_low_s16(l))), vld1q_f32(xk));
-            acc1 = vfmaq_f32(acc1, vcvtq_f32_s32(vmovl_high_s16(l)), vld1q_f32(xk + 4));
-            acc0 = vfmaq_f32(acc0, vcvtq_f32_s32(vmovl_s16(vget_low_s16(h))), vld1q_f32(xk + 8));
-            acc1 = vfmaq_f32(acc1, vcvtq_f32_s32(vmovl_high_s16(h)), vld1q_f32(xk + 12));
+        int32x4_t sum0 = vdupq_n_s32(0), sum1 = sum0;
+        for (int k = 0; k < Q8_GROUP; k += 16) { // 16 weights widened to int16, products added into int32 lanes
+            int8x16_t a = vld1q_s8(w + g + k);
+            int16x8_t lo = vmovl_s8(vget_low_s8(a)), hi = vmovl_high_s8(a);
+            int16x8_t x0 = vld1q_s16(x->q + g + k), x1 = vld1q_s16(x->q + g + k + 8);
+            sum0 = vmlal_s16(sum0, vget_low_s16(lo), vget_low_s16(x0));
+            sum1 = vmlal_high_s16(sum1, lo, x0);
+            sum0 = vmlal_s16(sum0, vget_low_s16(hi), vget_low_s16(x1));
+            sum1 = vmlal_high_s16(sum1, hi, x1);
         }
-        total = vfmaq_n_f32(total, vaddq_f32(acc0, acc1), scales[g / Q8_GROUP]);
+        total = vfmaq_n_f32(total, vcvtq_f32_s32(vaddq_s32(sum0, sum1)), w_scale[g / Q8_GROUP] * x->scale[g / Q8_GROUP]);
     }
     return vaddvq_f32(total);
 }
 #endif
 
-// one weight row times one token, without converting the row first
+// one weight row times one token, without converting the row first (q8 rows: dot_row_q8)
 static float dot_row(const Matrix *w, int r, const float *x) {
     size_t base = (size_t)r * w->cols;
     switch (w->dtype) {
@@ -858,16 +912,13 @@ static float dot_row(const Matrix *w, int r, const float *x) {
     case DTYPE_F32: return dot_simd512((const float *)w->data + base, x, w->cols);
     case DTYPE_BF16: return dot_bf16_512((const uint16_t *)w->data + base, x, w->cols);
     case DTYPE_F16: return dot_f16_512((const uint16_t *)w->data + base, x, w->cols);
-    case DTYPE_Q8: return dot_q8_512((const int8_t *)w->data + base, w->scales + base / Q8_GROUP, x, w->cols);
 #elif defined(SIMD_NEON)
     case DTYPE_F32: return dot_neon((const float *)w->data + base, x, w->cols);
     case DTYPE_BF16: return dot_16bit_neon((const uint16_t *)w->data + base, x, w->cols, 1);
     case DTYPE_F16: return dot_16bit_neon((const uint16_t *)w->data + base, x, w->cols, 0);
-    case DTYPE_Q8: return dot_q8_neon((const int8_t *)w->data + base, w->scales + base / Q8_GROUP, x, w->cols);
 #elif defined(SIMD_DOT)
     case DTYPE_F32: return dot_simd((const float *)w->data + base, x, w->cols);
     case DTYPE_BF16: return dot_bf16((const uint16_t *)w->data + base, x, w->cols);
-    case DTYPE_Q8: return dot_q8((const int8_t *)w->data + base, w->scales + base / Q8_GROUP, x, w->cols);
 #ifdef SIMD_F16
     case DTYPE_F16: return dot_f16((const uint16_t *)w->data + base, x, w->cols);
 #endif
@@ -877,17 +928,29 @@ static float dot_row(const Matrix *w, int r, const float *x) {
     default: {
         float s = 0.0f;
         for (int j = 0; j < w->cols; j++) {
-            float wj;
-            switch (w->dtype) {
-            case DTYPE_F16: wj = f16_to_f32(((const uint16_t *)w->data)[base + j]); break;
-            case DTYPE_BF16: wj = bf16_to_f32(((const uint16_t *)w->data)[base + j]); break;
-            default: wj = (float)((const int8_t *)w->data)[base + j] * w->scales[(base + j) / Q8_GROUP]; break;
-            }
-            s += wj * x[j];
+            uint16_t h = ((const uint16_t *)w->data)[base + j];
+            s += (w->dtype == DTYPE_F16 ? f16_to_f32(h) : bf16_to_f32(h)) * x[j];
         }
         return s;
     }
     }
+}
+
+// one q8 weight row times a token in int16 (quantize_x)
+static float dot_row_q8(const Matrix *w, int r, const QuantizedX *x) {
+    size_t base = (size_t)r * w->cols;
+    const int8_t *q = (const int8_t *)w->data + base;
+    const float *scale = w->scales + base / Q8_GROUP;
+    (void)dot_q8_x16; // the plain loop: the fallback, and what the kernels compute
+#if defined(SIMD_Q8_512)
+    return dot_q8_x16_512(q, scale, x, w->cols);
+#elif defined(SIMD_NEON)
+    return dot_q8_x16_neon(q, scale, x, w->cols);
+#elif defined(SIMD_DOT)
+    return dot_q8_x16_avx2(q, scale, x, w->cols);
+#else
+    return dot_q8_x16(q, scale, x, w->cols);
+#endif
 }
 
 // the fp32 dot products of the recurrences and of attention: the widest kernel the build has
@@ -1053,7 +1116,9 @@ typedef struct {
     const Matrix *w[MAX_MATMULS];
     const float *x;
     const float *x_pairs;  // one token, bf16 weights: x in bf16 pair order
+    const QuantizedX *x_q8; // one token, q8 weights: x in int16 (quantize_x)
     const float *x_packed; // a batch: x packed by pack_tokens
+    const float *x_packed_q8; // ... and for q8 weights, the rounded x packed
     int chunk_rows[MAX_MATMULS], first_chunk[MAX_MATMULS + 1]; // matrix i's rows: chunks first_chunk[i].. of chunk_rows[i]
     atomic_int next_chunk; // the next chunk nobody has taken
 } MatmulJob;
@@ -1082,7 +1147,10 @@ static void matmul_rows(void *arg, int thread, int nt) {
                 continue;
             }
 #endif
-            for (int r = r0; r < r1; r++) j->out[m][r] = dot_row(w, r, j->x);
+            if (w->dtype == DTYPE_Q8)
+                for (int r = r0; r < r1; r++) j->out[m][r] = dot_row_q8(w, r, j->x_q8);
+            else
+                for (int r = r0; r < r1; r++) j->out[m][r] = dot_row(w, r, j->x);
             continue;
         }
         if (w->dtype != DTYPE_F32 && !rows && !(rows = malloc(sizeof(float) * TILE_ROWS * stride))) fatal("out of memory");
@@ -1097,8 +1165,9 @@ static void matmul_rows(void *arg, int thread, int nt) {
                     wr[i] = rows + (size_t)(i < n ? i : n - 1) * stride;
                 }
             }
+            const float *xp = w->dtype == DTYPE_Q8 ? j->x_packed_q8 : j->x_packed;
             for (int t0 = 0; t0 < j->T; t0 += TILE_TOKENS)
-                rows_times_tokens(j->out[m] + (size_t)t0 * w->rows + r, w->rows, wr, j->x_packed + (size_t)t0 * cols, cols, n,
+                rows_times_tokens(j->out[m] + (size_t)t0 * w->rows + r, w->rows, wr, xp + (size_t)t0 * cols, cols, n,
                                   j->T - t0 < TILE_TOKENS ? j->T - t0 : TILE_TOKENS);
         }
     }
@@ -1135,12 +1204,12 @@ static void matmul_blas(float *out, const float *x, const Matrix *w, int T) {
 
 /* out_i = W_i x for n matrices W_i that share the input x [T][cols] (a layer's projections;
    those without data, which this layer lacks, are skipped): x is packed (or put in bf16 pair
-   order) once, and all the rows go out in one parallel call. */
+   order, or rounded to int16 for q8 weights) once, and all the rows go out in one parallel call. */
 static void matmuls(const float *x, int T, int n, float *const out[], const Matrix *const w[]) {
     if (n > MAX_MATMULS) fatal("internal: %d matrices in one matmuls call", n);
     MatmulJob j = {.T = T, .x = x};
     size_t work = 0;
-    int bf16 = 0;
+    int bf16 = 0, q8 = 0, other = 0;
     for (int i = 0; i < n; i++) {
         if (!w[i]->data) continue; // a projection this layer does not have
         j.out[j.n] = out[i];
@@ -1151,6 +1220,8 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
         j.n++;
         work += (size_t)w[i]->rows * w[i]->cols * T;
         bf16 |= w[i]->dtype == DTYPE_BF16;
+        q8 |= w[i]->dtype == DTYPE_Q8;
+        other |= w[i]->dtype != DTYPE_Q8;
     }
     if (!j.n) return;
     int cols = j.w[0]->cols;
@@ -1163,21 +1234,47 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
     }
 #endif
     (void)bf16;
+    QuantizedX xq = {0};
+    float *rounded = NULL; // a batch for q8 weights: each token's x rounded as for one token, as floats
+    if (q8) {
+        xq.q = xcalloc((size_t)cols, sizeof(int16_t));
+        xq.scale = xcalloc((size_t)cols / Q8_GROUP, sizeof(float));
+        if (T == 1) quantize_x(&xq, x, cols);
+        else {
+            rounded = xcalloc((size_t)T * cols, sizeof(float));
+            for (int t = 0; t < T; t++) {
+                quantize_x(&xq, x + (size_t)t * cols, cols);
+                dequantize_x(rounded + (size_t)t * cols, &xq, cols);
+            }
+        }
+        j.x_q8 = &xq;
+    }
+    float *packed = NULL, *packed_q8 = NULL;
+    int blas = 0;
 #ifdef USE_OPENBLAS
-    if (T > 1) {
-        for (int i = 0; i < j.n; i++) matmul_blas(j.out[i], x, j.w[i], T);
-        return;
-    }
+    blas = T > 1;
+    for (int i = 0; blas && i < j.n; i++) matmul_blas(j.out[i], j.w[i]->dtype == DTYPE_Q8 ? rounded : x, j.w[i], T);
 #endif
-    float *packed = NULL;
-    if (T > 1) { // x packed once for all threads and matrices
-        packed = xcalloc((size_t)(T + TILE_TOKENS - 1) / TILE_TOKENS * TILE_TOKENS * cols, sizeof(float));
-        pack_tokens(packed, x, T, cols);
-        j.x_packed = packed;
+    if (T > 1 && !blas) { // x packed once for all threads and matrices
+        size_t packed_floats = (size_t)(T + TILE_TOKENS - 1) / TILE_TOKENS * TILE_TOKENS * cols;
+        if (other) {
+            packed = xcalloc(packed_floats, sizeof(float));
+            pack_tokens(packed, x, T, cols);
+            j.x_packed = packed;
+        }
+        if (q8) {
+            packed_q8 = xcalloc(packed_floats, sizeof(float));
+            pack_tokens(packed_q8, rounded, T, cols);
+            j.x_packed_q8 = packed_q8;
+        }
     }
-    if (work < (1u << 15)) matmul_rows(&j, 0, 1); // too small to share
-    else run_parallel(matmul_rows, &j);
+    if (!blas && work < (1u << 15)) matmul_rows(&j, 0, 1); // too small to share
+    else if (!blas) run_parallel(matmul_rows, &j);
     free(packed);
+    free(packed_q8);
+    free(rounded);
+    free(xq.q);
+    free(xq.scale);
     free(pairs);
 }
 

@@ -24,7 +24,10 @@ def test_weight_dtype_against_fla_fp32(name, dtype, exported, tmp_path):
     diff = float(np.abs(got[False] - e["logits_long_decode"]).max())
     print(f"{name} {dtype}: max|diff| from fla fp32 {diff:.2e}")
     assert diff <= TOLERANCE[dtype]
-    assert float(np.abs(got[False] - got[True]).max()) <= 1e-4  # batched == one token at a time
+    # batched == one token at a time: to fp32 rounding, except that q8 rounds each product's input
+    # to int16 per group of 64 (run.c's quantize_x), a step function: where the two paths' x
+    # differ by fp32 rounding next to a step, they land on either side of it (measured 2-3e-4)
+    assert float(np.abs(got[False] - got[True]).max()) <= (1e-3 if dtype == "q8" else 1e-4)
 
 
 def test_q8_file_is_about_a_quarter_of_fp32(exported):
