@@ -597,7 +597,8 @@ static void matrix_row(const Matrix *w, int r, float *out) {
     case DTYPE_Q8: {
         const int8_t *q = (const int8_t *)w->data + base;
         const float *scale = w->scales + base / Q8_GROUP;
-        for (int j = 0; j < w->cols; j++) out[j] = (float)q[j] * scale[j / Q8_GROUP];
+        for (int g = 0; g < w->cols; g += Q8_GROUP) // a group at a time (the compiler vectorizes this form)
+            for (int j = g; j < g + Q8_GROUP; j++) out[j] = (float)q[j] * scale[g / Q8_GROUP];
         break;
     }
     }
@@ -638,9 +639,10 @@ static void quantize_x(QuantizedX *xq, const float *x, int n) { // n % Q8_GROUP 
         }
         float inv = finite && max > 0.0f ? 32767.0f / max : 0.0f;
         xq->scale[g] = finite ? max / 32767.0f : NAN;
-        for (int i = 0; i < Q8_GROUP; i++) {
-            long v = finite ? lrintf(xg[i] * inv) : 0; // round half to even
-            xq->q[(size_t)g * Q8_GROUP + i] = (int16_t)(v > 32767 ? 32767 : v < -32767 ? -32767 : v);
+        for (int i = 0; i < Q8_GROUP; i++) { // |v| <= 32767: adding 1.5 * 2^23 rounds it half to even
+            float v = xg[i] * inv;
+            v = v > 32767.0f ? 32767.0f : v < -32767.0f ? -32767.0f : v;
+            xq->q[(size_t)g * Q8_GROUP + i] = (int16_t)(finite ? (int)((v + 12582912.0f) - 12582912.0f) : 0);
         }
     }
 }
