@@ -1712,10 +1712,7 @@ static void delta_rows(void *arg, int thread, int nt) {
         float *Se = jb->ls->state + (size_t)j * dv * dk + (size_t)e * dk;
         for (int t = 0; t < jb->T; t++) {
             const float *qh = s->q + (size_t)t * Dk + (size_t)(j / group) * dk, *kh = s->k + (size_t)t * Dk + (size_t)(j / group) * dk;
-            float beta = w->b_proj.data ? sigmoid(s->b[(size_t)t * nv + j]) : 1.0f;
-            if (c->flags & FLAG_NEG_EIGVAL) beta *= 2.0f;
-            float alpha = 1.0f;
-            if (gated) alpha = expf(-expf(w->A_log[j]) * softplus(s->a[(size_t)t * nv + j] + w->dt_bias[j]));
+            float beta = s->b[(size_t)t * nv + j], alpha = s->a[(size_t)t * nv + j]; // (delta_layer)
             if (gated) for (int i = 0; i < dk; i++) Se[i] *= alpha;           // S = alpha S
             float u = s->v[(size_t)t * Dv + (size_t)j * dv + e] - dot_f32(Se, kh, dk); // u = v - S^T k
             for (int i = 0; i < dk; i++) Se[i] += beta * u * kh[i];          // S += k (beta u)^T
@@ -1757,6 +1754,16 @@ static void delta_layer(const Model *m, const LayerWeights *w, LayerState *ls, R
             for (int i = 0; i < dk; i++) qh[i] *= scale;
         }
     }
+    // the gates, once per token and value head (all the rows of a head share them), in place:
+    // beta = sigmoid(b) (x2 where the eigenvalues may be negative; 1 without b_proj) and,
+    // gated, alpha = exp(-exp(A_log) softplus(a + dt_bias))
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < nv; j++) {
+            float *bj = s->b + (size_t)t * nv + j, *aj = s->a + (size_t)t * nv + j;
+            float beta = w->b_proj.data ? sigmoid(*bj) : 1.0f;
+            *bj = c->flags & FLAG_NEG_EIGVAL ? 2.0f * beta : beta;
+            *aj = w->kind == KIND_GATED_DELTANET ? expf(-expf(w->A_log[j]) * softplus(*aj + w->dt_bias[j])) : 1.0f;
+        }
     // the recurrence: every (value head, row) is independent of the others, so the threads
     // take disjoint rows and walk all T tokens; then the per-head output norms
     RowsJob job = {m, w, ls, s, T};
