@@ -138,6 +138,7 @@ typedef struct {
     const float *out_norm;              // g_norm / o_norm
     const float *A_log, *dt_bias;       // GatedDeltaNet decay
     float *lower_bound;                 // HGRN/HGRN2: [dim], computed at load
+    float *log_lower_bound, *log1m_lower_bound; // log(lb) and log(1 - lb), the forget gate's constants
     Matrix mlp_gate, mlp_up, mlp_down;
 } LayerWeights;
 
@@ -420,6 +421,16 @@ static void load_model(Model *m, const char *path) {
                 if (m->layers[l].lower_bound) m->layers[l].lower_bound[d] = cum - s[0];
             }
             free(s);
+        }
+        for (int l = 0; l < L; l++) {
+            LayerWeights *w = &m->layers[l];
+            if (!w->lower_bound) continue;
+            w->log_lower_bound = xcalloc(2 * (size_t)D, sizeof(float));
+            w->log1m_lower_bound = w->log_lower_bound + D;
+            for (int d = 0; d < D; d++) {
+                w->log_lower_bound[d] = logf(w->lower_bound[d]);
+                w->log1m_lower_bound[d] = log1pf(-w->lower_bound[d]);
+            }
         }
     }
 
@@ -1510,11 +1521,8 @@ static void hgrn_layer(const Model *m, const LayerWeights *w, LayerState *ls, Ru
     for (int t = 0; t < T; t++) {
         float *it = i_in + (size_t)t * I, *ft = f_in + (size_t)t * I, *o = s->o + (size_t)t * I;
         for (int d = 0; d < I; d++) {
-            float log_g = logsigmoid(ft[d]);
-            if (w->lower_bound && layer > 0) {
-                float lb = w->lower_bound[d];
-                log_g = logaddexp(logf(lb), log1pf(-lb) + log_g);
-            }
+            float log_g = logsigmoid(ft[d]); // g = lb + (1 - lb) sigmoid(f), in log space:
+            if (w->lower_bound && layer > 0) log_g = logaddexp(w->log_lower_bound[d], w->log1m_lower_bound[d] + log_g);
             float g = expf(log_g);
             h[d] = g * h[d] + silu(it[d]) * (1.0f - g);  // h_t = g h_{t-1} + (1-g) silu(i)
             o[d] = h[d];
@@ -1566,11 +1574,8 @@ static void hgrn2_layer(const Model *m, const LayerWeights *w, LayerState *ls, R
     for (int t = 0; t < T; t++) {
         float *qt = q + (size_t)t * F, *ft = f + (size_t)t * F, *kt = s->k + (size_t)t * F, *decay = s->a + (size_t)t * F;
         for (int d = 0; d < F; d++) {
-            float log_g = logsigmoid(ft[d]);
-            if (w->lower_bound && layer > 0) {
-                float lb = w->lower_bound[d];
-                log_g = logaddexp(logf(lb), log1pf(-lb) + log_g);
-            }
+            float log_g = logsigmoid(ft[d]); // g = lb + (1 - lb) sigmoid(f), in log space:
+            if (w->lower_bound && layer > 0) log_g = logaddexp(w->log_lower_bound[d], w->log1m_lower_bound[d] + log_g);
             decay[d] = expf(log_g);
             kt[d] = 1.0f - decay[d];
             qt[d] = silu(qt[d]) * scale;
