@@ -138,7 +138,7 @@ typedef struct {
     const float *out_norm;              // g_norm / o_norm
     const float *A_log, *dt_bias;       // GatedDeltaNet decay
     float *lower_bound;                 // HGRN/HGRN2: [dim], computed at load
-    float *log_lower_bound, *log1m_lower_bound; // log(lb) and log(1 - lb), the forget gate's constants
+    float *log_lower_bound, *log1m_lower_bound; // log(lb), log(1 - lb): the forget gate's constants (one block)
     Matrix mlp_gate, mlp_up, mlp_down;
 } LayerWeights;
 

@@ -24,10 +24,14 @@ static void free_run_state(RunState *st, const Model *mm) {
     memset(st, 0, sizeof *st);
 }
 
-// what a partially or fully loaded Model holds: the mapping, layers[], lower bounds, RoPE tables
+// what a partially or fully loaded Model holds: the mapping, layers[], lower bounds and their
+// logs (one block: log1m_lower_bound points into log_lower_bound's), RoPE tables
 static void free_model(Model *mm) {
     if (mm->layers) {
-        for (int l = 0; l < mm->c.n_layers; l++) free(mm->layers[l].lower_bound);
+        for (int l = 0; l < mm->c.n_layers; l++) {
+            free(mm->layers[l].lower_bound);
+            free(mm->layers[l].log_lower_bound);
+        }
         free(mm->layers);
     }
     free(mm->rope_inv_freq_attn);
