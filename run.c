@@ -1539,7 +1539,27 @@ static void hgrn_layer(const Model *m, const LayerWeights *w, LayerState *ls, Ru
      o_t = S_t^T (q / sqrt(dk))
      out = W_o RMSNorm_dim(o)               (over all heads at once; eps 1e-5; no output gate) */
 // a share of a linear layer's state rows, walked over all T tokens of the batch (run_parallel)
-typedef struct { const Model *m; const LayerWeights *w; LayerState *ls; RunState *s; int T; } RowsJob;
+typedef struct { const Model *m; const LayerWeights *w; LayerState *ls; RunState *s; int T, layer; } RowsJob;
+
+/* HGRN2's gates for T tokens x F key channels (element i = t F + d), a share per thread:
+     g = lb + (1 - lb) sigmoid(f), in log space as fla: log g = logaddexp(log lb, log(1 - lb) + logsigmoid(f))
+     decay = g, k = 1 - g, q = silu(q) / sqrt(dk) */
+static void hgrn2_gates(void *arg, int thread, int nt) {
+    RowsJob *jb = arg;
+    const LayerWeights *w = jb->w;
+    RunState *s = jb->s;
+    int F = jb->m->c.lin_q_heads * jb->m->c.lin_head_k_dim;
+    float scale = 1.0f / sqrtf((float)jb->m->c.lin_head_k_dim);
+    size_t n = (size_t)jb->T * F;
+    for (size_t i = n * thread / nt; i < n * (thread + 1) / nt; i++) {
+        int d = (int)(i % F);
+        float log_g = logsigmoid(s->f[i]);
+        if (w->lower_bound && jb->layer > 0) log_g = logaddexp(w->log_lower_bound[d], w->log1m_lower_bound[d] + log_g);
+        s->a[i] = expf(log_g);
+        s->k[i] = 1.0f - s->a[i];
+        s->q[i] = silu(s->q[i]) * scale;
+    }
+}
 
 static void hgrn2_rows(void *arg, int thread, int nt) {
     RowsJob *jb = arg;
@@ -1570,19 +1590,11 @@ static void hgrn2_layer(const Model *m, const LayerWeights *w, LayerState *ls, R
         short_conv(f, T, F, F, ls->conv_cache[1], w->conv_w[1], c->conv_size, 0);
         short_conv(v, T, Dv, Dv, ls->conv_cache[2], w->conv_w[2], c->conv_size, 0);
     }
-    float scale = 1.0f / sqrtf((float)dk);
-    for (int t = 0; t < T; t++) {
-        float *qt = q + (size_t)t * F, *ft = f + (size_t)t * F, *kt = s->k + (size_t)t * F, *decay = s->a + (size_t)t * F;
-        for (int d = 0; d < F; d++) {
-            float log_g = logsigmoid(ft[d]); // g = lb + (1 - lb) sigmoid(f), in log space:
-            if (w->lower_bound && layer > 0) log_g = logaddexp(w->log_lower_bound[d], w->log1m_lower_bound[d] + log_g);
-            decay[d] = expf(log_g);
-            kt[d] = 1.0f - decay[d];
-            qt[d] = silu(qt[d]) * scale;
-        }
-    }
+    // the gates, every (token, key channel) on its own: shared among the threads
+    RowsJob job = {m, w, ls, s, T, layer};
+    if ((long)T * F < (1L << 14)) hgrn2_gates(&job, 0, 1);
+    else run_parallel(hgrn2_gates, &job);
     // the rows of every head's state are independent: the threads take disjoint rows for all T tokens
-    RowsJob job = {m, w, ls, s, T};
     if ((long)nh * dv * dk * T < (1L << 16)) hgrn2_rows(&job, 0, 1); // too little to share
     else run_parallel(hgrn2_rows, &job);
     for (int t = 0; t < T; t++) rmsnorm(s->o + (size_t)t * Dv, s->o + (size_t)t * Dv, w->out_norm, Dv, c->out_norm_eps);
@@ -1636,7 +1648,7 @@ static void gla_layer(const Model *m, const LayerWeights *w, LayerState *ls, Run
         }
         for (int d = 0; d < Dq; d++) qt[d] = apply_feature_map(c->feature_map, qt[d]) * scale;
     }
-    RowsJob job = {m, w, ls, s, T}; // the state rows over the threads, all T tokens each
+    RowsJob job = {.m = m, .w = w, .ls = ls, .s = s, .T = T}; // the state rows over the threads, all T tokens each
     if ((long)nk * dv * dk * T < (1L << 16)) gla_rows(&job, 0, 1);
     else run_parallel(gla_rows, &job);
     for (int t = 0; t < T; t++)
@@ -1684,7 +1696,7 @@ static void retnet_layer(const Model *m, const LayerWeights *w, LayerState *ls, 
         rope(qt, nq, dk, pos + t, m->rope_inv_freq_retnet);
         rope(kt, nk, dk, pos + t, m->rope_inv_freq_retnet);
     }
-    RowsJob job = {m, w, ls, s, T}; // the state rows over the threads, all T tokens each
+    RowsJob job = {.m = m, .w = w, .ls = ls, .s = s, .T = T}; // the state rows over the threads, all T tokens each
     if ((long)nq * dv * dk * T < (1L << 16)) retnet_rows(&job, 0, 1);
     else run_parallel(retnet_rows, &job);
     for (int t = 0; t < T; t++)
@@ -1771,7 +1783,7 @@ static void delta_layer(const Model *m, const LayerWeights *w, LayerState *ls, R
         }
     // the recurrence: every (value head, row) is independent of the others, so the threads
     // take disjoint rows and walk all T tokens; then the per-head output norms
-    RowsJob job = {m, w, ls, s, T};
+    RowsJob job = {.m = m, .w = w, .ls = ls, .s = s, .T = T};
     if ((long)nv * dv * dk * T < (1L << 16)) delta_rows(&job, 0, 1); // too little to share
     else run_parallel(delta_rows, &job);
     for (int t = 0; t < T; t++)
