@@ -1626,6 +1626,26 @@ static void gla_rows(void *arg, int thread, int nt) {
     }
 }
 
+// the gates and feature maps of a share of the T tokens: log a = logsigmoid(gk + b) / normalizer,
+// a = exp(max(log a, clamp_min)); k = phi(k); q = phi(q) / sqrt(dk)
+static void gla_gates(void *arg, int thread, int nt) {
+    RowsJob *jb = arg;
+    const Config *c = &jb->m->c;
+    const LayerWeights *w = jb->w;
+    RunState *s = jb->s;
+    int dk = c->lin_head_k_dim, Dq = c->lin_q_heads * dk, Dk = c->lin_k_heads * dk;
+    float scale = 1.0f / sqrtf((float)dk);
+    for (int t = (int)((long)jb->T * thread / nt); t < (int)((long)jb->T * (thread + 1) / nt); t++) {
+        float *qt = s->q + (size_t)t * Dq, *kt = s->k + (size_t)t * Dk, *gk = s->f + (size_t)t * Dk;
+        for (int d = 0; d < Dk; d++) {
+            float log_a = logsigmoid(gk[d] + w->gk_bias[d]) / c->gate_normalizer;
+            gk[d] = expf(fmaxf(log_a, c->clamp_min));
+            kt[d] = apply_feature_map(c->feature_map, kt[d]);
+        }
+        for (int d = 0; d < Dq; d++) qt[d] = apply_feature_map(c->feature_map, qt[d]) * scale;
+    }
+}
+
 static void gla_layer(const Model *m, const LayerWeights *w, LayerState *ls, RunState *s, int T, float *out) {
     const Config *c = &m->c;
     int nq = c->lin_q_heads, nk = c->lin_k_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim;
@@ -1638,17 +1658,10 @@ static void gla_layer(const Model *m, const LayerWeights *w, LayerState *ls, Run
         short_conv(s->v, T, Dv, Dv, ls->conv_cache[2], w->conv_w[2], c->conv_size, 1);
     }
     matmul(s->f, s->low_rank, &w->gk_proj1, T);
-    float scale = 1.0f / sqrtf((float)dk);
-    for (int t = 0; t < T; t++) {
-        float *qt = s->q + (size_t)t * Dq, *kt = s->k + (size_t)t * Dk, *gk = s->f + (size_t)t * Dk;
-        for (int d = 0; d < Dk; d++) {
-            float log_a = logsigmoid(gk[d] + w->gk_bias[d]) / c->gate_normalizer;
-            gk[d] = expf(fmaxf(log_a, c->clamp_min));
-            kt[d] = apply_feature_map(c->feature_map, kt[d]);
-        }
-        for (int d = 0; d < Dq; d++) qt[d] = apply_feature_map(c->feature_map, qt[d]) * scale;
-    }
-    RowsJob job = {.m = m, .w = w, .ls = ls, .s = s, .T = T}; // the state rows over the threads, all T tokens each
+    RowsJob job = {.m = m, .w = w, .ls = ls, .s = s, .T = T};
+    if ((long)T * Dk < (1L << 14)) gla_gates(&job, 0, 1); // the gates: tokens shared among the threads
+    else run_parallel(gla_gates, &job);
+    // the state rows over the threads, all T tokens each
     if ((long)nk * dv * dk * T < (1L << 16)) gla_rows(&job, 0, 1);
     else run_parallel(gla_rows, &job);
     for (int t = 0; t < T; t++)
