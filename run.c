@@ -1316,19 +1316,30 @@ static void l2norm(float *x, int n) {
 /* Short causal depthwise convolution over time, for each channel c:
      y_t[c] = sum_{j=0}^{K-1} w[c][j] * x_{t-(K-1)+j}[c]     (w[c][K-1] weighs the current token)
    then silu if asked. x is [T][channels] (row stride `stride`), transformed in place;
-   the cache holds each channel's K-1 previous raw inputs, oldest first. */
-static void short_conv(float *x, int T, size_t stride, int channels, float *cache, const float *w, int K, int use_silu) {
-    for (int t = 0; t < T; t++) {
-        float *xt = x + (size_t)t * stride;
-        for (int c = 0; c < channels; c++) {
-            float *hist = cache + (size_t)c * (K - 1);
-            const float *wc = w + (size_t)c * K;
-            float y = wc[K - 1] * xt[c];
-            for (int j = 0; j < K - 1; j++) y += wc[j] * hist[j];
-            if (K > 1) { memmove(hist, hist + 1, sizeof(float) * (K - 2)); hist[K - 2] = xt[c]; }
-            xt[c] = use_silu ? silu(y) : y;
+   the cache holds each channel's K-1 previous raw inputs, oldest first. The channels are
+   independent: the threads take a share of them each, walking all T tokens. */
+typedef struct { float *x; int T; size_t stride; int channels; float *cache; const float *w; int K, use_silu; } ConvJob;
+
+static void short_conv_channels(void *arg, int thread, int nt) {
+    const ConvJob *j = arg;
+    int K = j->K;
+    for (int c = (int)((long)j->channels * thread / nt); c < (int)((long)j->channels * (thread + 1) / nt); c++) {
+        float *hist = j->cache + (size_t)c * (K - 1);
+        const float *wc = j->w + (size_t)c * K;
+        for (int t = 0; t < j->T; t++) {
+            float *xtc = j->x + (size_t)t * j->stride + c;
+            float y = wc[K - 1] * *xtc;
+            for (int i = 0; i < K - 1; i++) y += wc[i] * hist[i];
+            if (K > 1) { memmove(hist, hist + 1, sizeof(float) * (K - 2)); hist[K - 2] = *xtc; }
+            *xtc = j->use_silu ? silu(y) : y;
         }
     }
+}
+
+static void short_conv(float *x, int T, size_t stride, int channels, float *cache, const float *w, int K, int use_silu) {
+    ConvJob job = {x, T, stride, channels, cache, w, K, use_silu};
+    if ((long)T * channels < (1L << 14)) short_conv_channels(&job, 0, 1);
+    else run_parallel(short_conv_channels, &job);
 }
 
 /* RoPE, GPT-NeoX "rotate half" as fla applies it, on each head of x at position pos:
