@@ -1515,31 +1515,45 @@ static void attention_layer(const Model *m, const LayerWeights *w, LayerState *l
     matmul(out, s->o, &w->o_proj, T);
 }
 
+// a share of a linear layer's state rows (or channels, or tokens) for one batch of T tokens (run_parallel)
+typedef struct { const Model *m; const LayerWeights *w; LayerState *ls; RunState *s; int T, layer; } RowsJob;
+
 /* HGRN: a gated vector recurrence, one value per channel (I = expand dim):
      f = sigmoid(W_f x) lifted by the layer's lower bound lb:  g = lb + (1 - lb) * sigmoid(W_f x)
      h_t = g * h_{t-1} + (1 - g) * silu(W_i x)
      out = W_o ( RMSNorm(h_t) * silu(W_g x) )
    (fla computes g in log space: log g = logaddexp(log lb, log(1-lb) + logsigmoid(f)).) */
+// a share of the channels, each walked over all T tokens (channel d's state is h[d] alone)
+static void hgrn_channels(void *arg, int thread, int nt) {
+    RowsJob *jb = arg;
+    const LayerWeights *w = jb->w;
+    const RunState *s = jb->s;
+    int I = jb->m->c.lin_head_v_dim;
+    float *h = jb->ls->state;
+    for (int d = (int)((long)I * thread / nt); d < (int)((long)I * (thread + 1) / nt); d++)
+        for (int t = 0; t < jb->T; t++) {
+            size_t i = (size_t)t * I + d;
+            float log_g = logsigmoid(s->f[i]); // g = lb + (1 - lb) sigmoid(f), in log space:
+            if (w->lower_bound && jb->layer > 0) log_g = logaddexp(w->log_lower_bound[d], w->log1m_lower_bound[d] + log_g);
+            float g = expf(log_g);
+            h[d] = g * h[d] + silu(s->q[i]) * (1.0f - g);  // h_t = g h_{t-1} + (1-g) silu(i)
+            s->o[i] = h[d];
+        }
+}
+
 static void hgrn_layer(const Model *m, const LayerWeights *w, LayerState *ls, RunState *s, int T, int layer, float *out) {
     const Config *c = &m->c;
     int I = c->lin_head_v_dim;
-    float *i_in = s->q, *f_in = s->f, *gate = s->g, *h = ls->state;
+    float *i_in = s->q, *f_in = s->f, *gate = s->g;
     matmuls(s->xb, T, 3, (float *[]){i_in, f_in, gate}, (const Matrix *[]){&w->i_proj, &w->f_proj, &w->g_proj});
     if (w->conv_w[0]) {
         short_conv(i_in, T, I, I, ls->conv_cache[0], w->conv_w[0], c->conv_size, 0);
         short_conv(f_in, T, I, I, ls->conv_cache[1], w->conv_w[1], c->conv_size, 0);
     }
-    for (int t = 0; t < T; t++) {
-        float *it = i_in + (size_t)t * I, *ft = f_in + (size_t)t * I, *o = s->o + (size_t)t * I;
-        for (int d = 0; d < I; d++) {
-            float log_g = logsigmoid(ft[d]); // g = lb + (1 - lb) sigmoid(f), in log space:
-            if (w->lower_bound && layer > 0) log_g = logaddexp(w->log_lower_bound[d], w->log1m_lower_bound[d] + log_g);
-            float g = expf(log_g);
-            h[d] = g * h[d] + silu(it[d]) * (1.0f - g);  // h_t = g h_{t-1} + (1-g) silu(i)
-            o[d] = h[d];
-        }
-        gated_rmsnorm(o, o, gate + (size_t)t * I, w->out_norm, I, c->norm_eps);
-    }
+    RowsJob job = {m, w, ls, s, T, layer};
+    if ((long)T * I < (1L << 14)) hgrn_channels(&job, 0, 1);
+    else run_parallel(hgrn_channels, &job);
+    for (int t = 0; t < T; t++) gated_rmsnorm(s->o + (size_t)t * I, s->o + (size_t)t * I, gate + (size_t)t * I, w->out_norm, I, c->norm_eps);
     matmul(out, s->o, &w->o_proj, T);
 }
 
@@ -1549,8 +1563,6 @@ static void hgrn_layer(const Model *m, const LayerWeights *w, LayerState *ls, Ru
      S_t = diag(g) S_{t-1} + k v^T          (S: dk x dv per head)
      o_t = S_t^T (q / sqrt(dk))
      out = W_o RMSNorm_dim(o)               (over all heads at once; eps 1e-5; no output gate) */
-// a share of a linear layer's state rows, walked over all T tokens of the batch (run_parallel)
-typedef struct { const Model *m; const LayerWeights *w; LayerState *ls; RunState *s; int T, layer; } RowsJob;
 
 /* HGRN2's gates for T tokens x F key channels (element i = t F + d), a share per thread:
      g = lb + (1 - lb) sigmoid(f), in log space as fla: log g = logaddexp(log lb, log(1 - lb) + logsigmoid(f))
