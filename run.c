@@ -1515,6 +1515,14 @@ static void attention_layer(const Model *m, const LayerWeights *w, LayerState *l
     matmul(out, s->o, &w->o_proj, T);
 }
 
+/* HGRN's and HGRN2's forget gate for channel d: g = lb + (1 - lb) sigmoid(f), in log space as fla,
+   log g = logaddexp(log lb, log(1 - lb) + logsigmoid(f)) (layer 0: no lower bound) */
+static float log_forget_gate(const LayerWeights *w, int layer, int d, float f) {
+    float log_g = logsigmoid(f);
+    if (w->lower_bound && layer > 0) log_g = logaddexp(w->log_lower_bound[d], w->log1m_lower_bound[d] + log_g);
+    return log_g;
+}
+
 // a share of a linear layer's state rows (or channels, or tokens) for one batch of T tokens (run_parallel)
 typedef struct { const Model *m; const LayerWeights *w; LayerState *ls; RunState *s; int T, layer; } RowsJob;
 
@@ -1533,9 +1541,7 @@ static void hgrn_channels(void *arg, int thread, int nt) {
     for (int d = (int)((long)I * thread / nt); d < (int)((long)I * (thread + 1) / nt); d++)
         for (int t = 0; t < jb->T; t++) {
             size_t i = (size_t)t * I + d;
-            float log_g = logsigmoid(s->f[i]); // g = lb + (1 - lb) sigmoid(f), in log space:
-            if (w->lower_bound && jb->layer > 0) log_g = logaddexp(w->log_lower_bound[d], w->log1m_lower_bound[d] + log_g);
-            float g = expf(log_g);
+            float g = expf(log_forget_gate(w, jb->layer, d, s->f[i]));
             h[d] = g * h[d] + silu(s->q[i]) * (1.0f - g);  // h_t = g h_{t-1} + (1-g) silu(i)
             s->o[i] = h[d];
         }
@@ -1576,9 +1582,7 @@ static void hgrn2_gates(void *arg, int thread, int nt) {
     size_t n = (size_t)jb->T * F;
     for (size_t i = n * thread / nt; i < n * (thread + 1) / nt; i++) {
         int d = (int)(i % F);
-        float log_g = logsigmoid(s->f[i]);
-        if (w->lower_bound && jb->layer > 0) log_g = logaddexp(w->log_lower_bound[d], w->log1m_lower_bound[d] + log_g);
-        s->a[i] = expf(log_g);
+        s->a[i] = expf(log_forget_gate(w, jb->layer, d, s->f[i]));
         s->k[i] = 1.0f - s->a[i];
         s->q[i] = silu(s->q[i]) * scale;
     }
