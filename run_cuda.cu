@@ -31,6 +31,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <type_traits>
 
 #define GPU_MAX_BATCH 1024 // prompt tokens per forward (run.c's MAX_BATCH is 128)
 #define ROWS 4             // state rows (value channels) per warp in the recurrences
@@ -528,7 +529,8 @@ static void print_marks(Gpu *gp, int T) {
    graph): its blocks may be scheduled while that kernel is still running, and each kernel
    begins with wait_for_inputs() (griddepcontrol.wait: the kernel before has finished and its
    writes are visible), so the gap between two kernels shrinks. A GEMV requests its first
-   weights before waiting: they depend on nothing. A prompt's kernels launch plainly (with
+   weights before waiting: they depend on nothing; a recurrence its state rows, which only
+   its own layer's kernel a step earlier wrote. A prompt's kernels launch plainly (with
    them as dependents too, one 1.3B prompt measured 7% slower, cause not established).
    HLA_CUDA_PDL=0 launches every kernel plainly. */
 template <typename... Params, typename... Args>
@@ -572,18 +574,33 @@ static float *zeros(size_t n) {
    each thread shifting its channel's cache. */
 struct Conv { float *x; int channels; float *cache; const float *w; int use_silu; };
 struct Convs { Conv conv[3]; int n; };
+// channel c's output at the newest input xt (its weights w[c][K], hist: its K-1 inputs before, oldest first)
+__device__ static float conv_at(const float *w, const float *cache, int c, float xt, int K) {
+    const float *wc = w + (size_t)c * K, *hist = cache + (size_t)c * (K - 1);
+    float y = wc[K - 1] * xt;
+#pragma unroll
+    for (int j = 0; j < 8; j++) // unrolled (K <= 9): the loads go out together, not one round trip each
+        if (j < K - 1) y += wc[j] * hist[j];
+    return y;
+}
+// ... then channel c's history takes xt (all loads before any store: one round trip, not K-2)
+__device__ static void conv_push(float *cache, int c, float xt, int K) {
+    float *hist = cache + (size_t)c * (K - 1), h[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+        if (j < K - 1) h[j] = j + 1 < K - 1 ? hist[j + 1] : xt;
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+        if (j < K - 1) hist[j] = h[j];
+}
 __global__ void conv_step_kernel(Convs cs, int K) {
     wait_for_inputs();
     int c = blockIdx.x * blockDim.x + threadIdx.x, i = 0;
     while (i < cs.n && c >= cs.conv[i].channels) c -= cs.conv[i++].channels;
     if (i == cs.n) return;
     const Conv &cv = cs.conv[i];
-    float *hist = cv.cache + (size_t)c * (K - 1), xt = cv.x[c];
-    const float *wc = cv.w + (size_t)c * K;
-    float y = wc[K - 1] * xt;
-    for (int j = 0; j < K - 1; j++) y += wc[j] * hist[j];
-    for (int j = 0; j + 1 < K - 1; j++) hist[j] = hist[j + 1];
-    if (K > 1) hist[K - 2] = xt;
+    float xt = cv.x[c], y = conv_at(cv.w, cv.cache, c, xt, K);
+    conv_push(cv.cache, c, xt, K);
     cv.x[c] = cv.use_silu ? silu(y) : y;
 }
 
@@ -944,14 +961,14 @@ struct ScanArgs {
     float out_scale;
 };
 template <int KPL> __global__ void linear_scan_kernel(ScanArgs p) {
-    wait_for_inputs();
     int lane = threadIdx.x & 31, warps_per_head = (p.dv + ROWS - 1) / ROWS;
     int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), sh = gw / warps_per_head, e0 = (gw % warps_per_head) * ROWS;
-    if (sh >= p.n_state) return;
+    if (sh >= p.n_state) { wait_for_inputs(); return; }
     int kh = sh / p.k_div;
     float *S0 = p.state + (size_t)sh * p.dv * p.dk;
     StateRows<KPL> S;
-    S.load(S0, e0, p.dv, p.dk, lane);
+    S.load(S0, e0, p.dv, p.dk, lane); // before the wait: only this layer's scan a step ago wrote it
+    wait_for_inputs();
     float k[KPL], a[KPL], v[ROWS], q[KPL], dots[ROWS]; // token t's inputs, fetched while t-1 runs
     auto fetch = [&](int t, float *kk, float *aa, float *vv) {
         load_cols<KPL>(kk, p.k + t * p.ld_k + (size_t)kh * p.dk, p.dk, lane);
@@ -986,47 +1003,96 @@ template <int KPL> __global__ void linear_scan_kernel(ScanArgs p) {
 }
 
 /* DeltaNet / GatedDeltaNet (run.c's delta_layer), per value head j and its rows e:
-     S = alpha S;  u = v - S^T k;  S += k (beta u)^T;  o = S^T q */
+     S = alpha S;  u = v - S^T k;  S += k (beta u)^T;  o = S^T q
+   Its inputs, from the projections (after the convolutions, if any): v = silu(v) without a
+   convolution, the q/k feature map, L2 (or sum) normalisation, q /= sqrt(dk);
+   beta = sigmoid(W_b x) (x2), GDN alpha = exp(-exp(A_log) softplus(W_a x + dt_bias)).
+   At decode the scan makes them itself, each warp for its own head and rows in registers (a
+   step is then two launches, not three); for a prompt delta_prep_kernel makes them first, in
+   parallel over the tokens (in the scan, sequential over them, they made a 1.3B prompt 30% slower). */
 struct DeltaArgs {
-    float *state; const float *q, *k, *v, *alpha, *beta; float *o;
+    float *state, *q, *k, *v, *alpha, *beta, *o;
     int T, nv, dk, dv, group;
     size_t ld_qk, ld_v;
+    const float *A_log, *dt_bias; // A_log: GatedDeltaNet only
+    int fmap, flags, had_conv, has_beta;
+    int prepared;                 // q, k, v, beta, alpha are ready (delta_prep_kernel)
 };
+// a q/k value after the feature map (silu: already applied by the convolution, if there is one)
+__device__ static float delta_feature(int fmap, int had_conv, float x) {
+    return fmap == FMAP_SILU ? (had_conv ? x : silu(x)) : apply_feature_map(fmap, x);
+}
+// one token's q and k of a head (lane: columns lane + 32 i), made ready
+template <int KPL> __device__ static void delta_qk(const DeltaArgs &p, float *q, float *k, int lane) {
+    float sq = 0.0f, sk = 0.0f;
+#pragma unroll
+    for (int i = 0; i < KPL; i++) {
+        bool in = lane + 32 * i < p.dk; // columns past dk stay 0 (a feature map may not keep 0)
+        q[i] = in ? delta_feature(p.fmap, p.had_conv, q[i]) : 0.0f;
+        k[i] = in ? delta_feature(p.fmap, p.had_conv, k[i]) : 0.0f;
+        if (p.flags & FLAG_QK_SUM) { sq += q[i]; sk += k[i]; } else { sq += q[i] * q[i]; sk += k[i] * k[i]; }
+    }
+    sq = warp_sum(sq);
+    sk = warp_sum(sk);
+    float rq = 1.0f / sqrtf((float)p.dk), rk = 1.0f;
+    if (p.flags & FLAG_QK_SUM) { rq /= sq; rk /= sk; }
+    else if (p.flags & FLAG_QK_L2) { rq /= sqrtf(sq + 1e-6f); rk /= sqrtf(sk + 1e-6f); }
+#pragma unroll
+    for (int i = 0; i < KPL; i++) { q[i] *= rq; k[i] *= rk; }
+}
+// value head j's gates from its projections b and a: (beta, alpha)
+__device__ static float2 delta_gates(const DeltaArgs &p, float b, float a, int j) {
+    float beta = p.has_beta ? sigmoid(b) : 1.0f;
+    return make_float2(p.flags & FLAG_NEG_EIGVAL ? 2.0f * beta : beta, p.A_log ? expf(-expf(p.A_log[j]) * softplus(a + p.dt_bias[j])) : 1.0f);
+}
+// one token on a warp's ROWS rows (alpha = 1 without the gate; S * 1 is S exactly)
+template <int KPL> __device__ static void delta_token(StateRows<KPL> &S, const float *k, const float *q, const float *v, float alpha, float beta,
+                                                      float *o) {
+    float dots[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++)
+#pragma unroll
+        for (int i = 0; i < KPL; i++) S.s[r][i] *= alpha;                                  // S = alpha S
+    row_dots<KPL>(S, k, dots);
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        float u = v[r] - dots[r];                                                           // u = v - S^T k
+#pragma unroll
+        for (int i = 0; i < KPL; i++) S.s[r][i] += beta * u * k[i];                       // S += k (beta u)^T
+    }
+    row_dots<KPL>(S, q, o);                                                                 // o = S^T q
+}
 template <int KPL> __global__ void delta_scan_kernel(DeltaArgs p) {
-    wait_for_inputs();
     int lane = threadIdx.x & 31, warps_per_head = (p.dv + ROWS - 1) / ROWS;
     int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), j = gw / warps_per_head, e0 = (gw % warps_per_head) * ROWS;
-    if (j >= p.nv) return;
+    if (j >= p.nv) { wait_for_inputs(); return; }
     int qk = j / p.group;
     float *S0 = p.state + (size_t)j * p.dv * p.dk;
     StateRows<KPL> S;
-    S.load(S0, e0, p.dv, p.dk, lane);
-    float k[KPL], q[KPL], v[ROWS], alpha, beta, dots[ROWS]; // token t's inputs, fetched while t-1 runs
-    auto fetch = [&](int t, float *kk, float *qq, float *vv, float &al, float &be) {
+    S.load(S0, e0, p.dv, p.dk, lane); // before the wait: only this layer's scan a step ago wrote it
+    wait_for_inputs();
+    float k[KPL], q[KPL], v[ROWS], b, a, dots[ROWS]; // token t's projections, fetched while t-1 runs
+    auto fetch = [&](int t, float *kk, float *qq, float *vv, float &bb, float &aa) {
         load_cols<KPL>(kk, p.k + t * p.ld_qk + (size_t)qk * p.dk, p.dk, lane);
         load_cols<KPL>(qq, p.q + t * p.ld_qk + (size_t)qk * p.dk, p.dk, lane);
 #pragma unroll
         for (int r = 0; r < ROWS; r++) vv[r] = e0 + r < p.dv ? p.v[t * p.ld_v + (size_t)j * p.dv + e0 + r] : 0.0f;
-        al = p.alpha ? p.alpha[(size_t)t * p.nv + j] : 1.0f;
-        be = p.beta[(size_t)t * p.nv + j];
+        bb = p.has_beta || p.prepared ? p.beta[(size_t)t * p.nv + j] : 0.0f;
+        aa = p.A_log ? p.alpha[(size_t)t * p.nv + j] : 0.0f;
     };
-    fetch(0, k, q, v, alpha, beta);
+    fetch(0, k, q, v, b, a);
     for (int t = 0; t < p.T; t++) {
-        float kn[KPL], qn[KPL], vn[ROWS], alpha_n, beta_n;
-        if (t + 1 < p.T) fetch(t + 1, kn, qn, vn, alpha_n, beta_n);
-        if (p.alpha)
+        float kn[KPL], qn[KPL], vn[ROWS], b_n, a_n;
+        if (t + 1 < p.T) fetch(t + 1, kn, qn, vn, b_n, a_n);
+        float2 g = make_float2(b, p.A_log ? a : 1.0f); // (beta, alpha)
+        if (!p.prepared) {
+            delta_qk<KPL>(p, q, k, lane);
+            if (!p.had_conv)
 #pragma unroll
-            for (int r = 0; r < ROWS; r++)
-#pragma unroll
-                for (int i = 0; i < KPL; i++) S.s[r][i] *= alpha;                          // S = alpha S
-        row_dots<KPL>(S, k, dots);
-#pragma unroll
-        for (int r = 0; r < ROWS; r++) {
-            float u = v[r] - dots[r];                                                       // u = v - S^T k
-#pragma unroll
-            for (int i = 0; i < KPL; i++) S.s[r][i] += beta * u * k[i];                   // S += k (beta u)^T
+                for (int r = 0; r < ROWS; r++) v[r] = silu(v[r]);
+            g = delta_gates(p, b, a, j);
         }
-        row_dots<KPL>(S, q, dots);                                                          // o = S^T q
+        delta_token<KPL>(S, k, q, v, g.y, g.x, dots);
 #pragma unroll
         for (int r = 0; r < ROWS; r++)
             if (lane == r && e0 + r < p.dv) p.o[t * p.ld_v + (size_t)j * p.dv + e0 + r] = dots[r];
@@ -1035,24 +1101,55 @@ template <int KPL> __global__ void delta_scan_kernel(DeltaArgs p) {
             for (int i = 0; i < KPL; i++) { k[i] = kn[i]; q[i] = qn[i]; }
 #pragma unroll
             for (int r = 0; r < ROWS; r++) v[r] = vn[r];
-            alpha = alpha_n;
-            beta = beta_n;
+            b = b_n;
+            a = a_n;
         }
     }
     S.store(S0, e0, p.dv, p.dk, lane);
 }
+// a prompt's inputs (see DeltaArgs): one block per token, a warp per q/k head
+template <int KPL> __global__ void delta_prep_kernel(DeltaArgs p, int nq) {
+    wait_for_inputs();
+    int t = blockIdx.x, lane = threadIdx.x & 31;
+    for (int h = threadIdx.x >> 5; h < nq; h += blockDim.x >> 5) {
+        float *qh = p.q + t * p.ld_qk + (size_t)h * p.dk, *kh = p.k + t * p.ld_qk + (size_t)h * p.dk, q[KPL], k[KPL];
+        load_cols<KPL>(q, qh, p.dk, lane);
+        load_cols<KPL>(k, kh, p.dk, lane);
+        delta_qk<KPL>(p, q, k, lane);
+#pragma unroll
+        for (int i = 0; i < KPL; i++)
+            if (lane + 32 * i < p.dk) { qh[lane + 32 * i] = q[i]; kh[lane + 32 * i] = k[i]; }
+    }
+    if (!p.had_conv)
+        for (size_t i = threadIdx.x; i < (size_t)p.nv * p.dv; i += blockDim.x) p.v[t * p.ld_v + i] = silu(p.v[t * p.ld_v + i]);
+    for (int j = threadIdx.x; j < p.nv; j += blockDim.x) {
+        size_t i = (size_t)t * p.nv + j;
+        float2 g = delta_gates(p, p.beta[i], p.A_log ? p.alpha[i] : 0.0f, j);
+        p.beta[i] = g.x;
+        if (p.A_log) p.alpha[i] = g.y;
+    }
+}
 
-// launch a scan with KPL = columns per lane rounded up to a power of two (dk <= 512)
-template <int KPL> static void scan_kernel(Gpu *gp, dim3 grid, ScanArgs a) { launch(gp, linear_scan_kernel<KPL>, grid, dim3(128), 0, a); }
-template <int KPL> static void scan_kernel(Gpu *gp, dim3 grid, DeltaArgs a) { launch(gp, delta_scan_kernel<KPL>, grid, dim3(128), 0, a); }
-template <typename Args> static void launch_scan(Gpu *gp, int dk, int n_warps, Args args) {
-    dim3 grid((n_warps + 3) / 4); // 4 warps per block
-#define SCAN_CASE(K) case K: scan_kernel<K>(gp, grid, args); break;
+// f(std::integral_constant<int, KPL>()) with KPL = columns per lane: dk / 32 rounded up to a power of two
+template <typename F> static void with_kpl(int dk, F f) {
     int kpl = 1;
     while (32 * kpl < dk) kpl *= 2;
-    switch (kpl) { SCAN_CASE(1) SCAN_CASE(2) SCAN_CASE(4) SCAN_CASE(8) SCAN_CASE(16) default: fatal("cuda: head_k_dim %d > 512", dk); }
-#undef SCAN_CASE
+    switch (kpl) {
+    case 1: f(std::integral_constant<int, 1>()); break;
+    case 2: f(std::integral_constant<int, 2>()); break;
+    case 4: f(std::integral_constant<int, 4>()); break;
+    case 8: f(std::integral_constant<int, 8>()); break;
+    case 16: f(std::integral_constant<int, 16>()); break;
+    default: fatal("cuda: head_k_dim %d > 512", dk);
+    }
     LAUNCH_CHECK();
+}
+// a scan over n_warps warps, 4 per block
+static void launch_scan(Gpu *gp, int dk, int n_warps, ScanArgs a) {
+    with_kpl(dk, [&](auto kpl) { launch(gp, linear_scan_kernel<decltype(kpl)::value>, dim3((n_warps + 3) / 4), dim3(128), 0, a); });
+}
+static void launch_scan(Gpu *gp, int dk, int n_warps, DeltaArgs a) {
+    with_kpl(dk, [&](auto kpl) { launch(gp, delta_scan_kernel<decltype(kpl)::value>, dim3((n_warps + 3) / 4), dim3(128), 0, a); });
 }
 
 /* HGRN2 prep: g = lb + (1-lb) sigmoid(f) (log space), k = 1 - g, q = silu(q) / sqrt(dk) */
@@ -1171,46 +1268,6 @@ static void retnet_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     mark(gp, "projections");
 }
 
-/* DeltaNet/GDN prep, one block per token: silu where there is no conv; per q/k head the
-   feature map, then L2 (or sum) normalisation, q /= sqrt(dk); beta = sigmoid(W_b x) (x2),
-   GDN alpha = exp(-exp(A_log) softplus(W_a x + dt_bias)) */
-__global__ void delta_prep_kernel(float *q, float *k, float *v, float *beta, float *alpha, const float *A_log, const float *dt_bias,
-                                  int nq, int nv, int dk, int Dv, int fmap, int flags, int had_conv, int has_beta) {
-    wait_for_inputs();
-    int t = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int silu_qk = fmap == FMAP_SILU;
-    float scale = 1.0f / sqrtf((float)dk);
-    if (!had_conv)
-        for (int i = threadIdx.x; i < Dv; i += blockDim.x) v[(size_t)t * Dv + i] = silu(v[(size_t)t * Dv + i]);
-    for (int h = warp; h < nq; h += blockDim.x >> 5) {
-        float *qh = q + (size_t)t * nq * dk + (size_t)h * dk, *kh = k + (size_t)t * nq * dk + (size_t)h * dk;
-        float sq = 0.0f, sk = 0.0f;
-        for (int i = lane; i < dk; i += 32) {
-            float qi = qh[i], ki = kh[i];
-            if (silu_qk && !had_conv) { qi = silu(qi); ki = silu(ki); }
-            if (!silu_qk) { qi = apply_feature_map(fmap, qi); ki = apply_feature_map(fmap, ki); }
-            qh[i] = qi;
-            kh[i] = ki;
-            if (flags & FLAG_QK_SUM) { sq += qi; sk += ki; } else { sq += qi * qi; sk += ki * ki; }
-        }
-        sq = warp_sum(sq);
-        sk = warp_sum(sk);
-        float rq = 1.0f, rk = 1.0f;
-        if (flags & FLAG_QK_SUM) {
-            for (int i = lane; i < dk; i += 32) { qh[i] = qh[i] / sq * scale; kh[i] /= sk; }
-        } else {
-            if (flags & FLAG_QK_L2) { rq = 1.0f / sqrtf(sq + 1e-6f); rk = 1.0f / sqrtf(sk + 1e-6f); }
-            for (int i = lane; i < dk; i += 32) { qh[i] = qh[i] * rq * scale; kh[i] *= rk; }
-        }
-    }
-    for (int j = threadIdx.x; j < nv; j += blockDim.x) {
-        size_t i = (size_t)t * nv + j;
-        float b = has_beta ? sigmoid(beta[i]) : 1.0f;
-        beta[i] = flags & FLAG_NEG_EIGVAL ? 2.0f * b : b;
-        if (A_log) alpha[i] = expf(-expf(A_log[j]) * softplus(alpha[i] + dt_bias[j]));
-    }
-}
-
 static void delta_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     const Config *c = &gp->m->c;
     int gated = w->kind == KIND_GATED_DELTANET;
@@ -1232,10 +1289,9 @@ static void delta_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
                           {gp->k, Dk, gp->conv_cache[1][l], w->conv_w[1], silu_qk},
                           {gp->v, Dv, gp->conv_cache[2][l], w->conv_w[2], 1}}, 3});
     }
-    launch(gp, delta_prep_kernel, dim3(T), dim3(256), 0, gp->q, gp->k, gp->v, gp->b, gp->a, gated ? w->A_log : nullptr, w->dt_bias, nq, nv, dk, Dv,
-                                                  c->feature_map, c->flags, w->conv_w[0] != nullptr, w->b_proj.data != nullptr);
-    LAUNCH_CHECK();
-    DeltaArgs d = {gp->state[l], gp->q, gp->k, gp->v, gated ? gp->a : nullptr, gp->b, gp->o, T, nv, dk, dv, nv / nq, (size_t)Dk, (size_t)Dv};
+    DeltaArgs d = {gp->state[l], gp->q, gp->k, gp->v, gp->a, gp->b, gp->o, T, nv, dk, dv, nv / nq, (size_t)Dk, (size_t)Dv,
+                   gated ? w->A_log : nullptr, w->dt_bias, c->feature_map, c->flags, w->conv_w[0] != nullptr, w->b_proj.data != nullptr, T > 1};
+    if (d.prepared) with_kpl(dk, [&](auto kpl) { launch(gp, delta_prep_kernel<decltype(kpl)::value>, dim3(T), dim3(256), 0, d, nq); });
     launch_scan(gp, dk, nv * ((dv + ROWS - 1) / ROWS), d);
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
     mark(gp, "conv, gates, recurrence");
