@@ -1112,8 +1112,11 @@ static void rows_times_tokens(float *out, int out_stride, const float *const w[T
             acc[i][1] += x1 * w[i][k];
         }
     }
-    for (int i = 0; i < n; i++) // row i's outputs go down a column of out
-        for (int t = 0; t < nt; t++) out[(size_t)t * out_stride + i] = t < VEC_FLOATS ? acc[i][0][t] : acc[i][1][t - VEC_FLOATS];
+    // a token's n outputs at a time: row by row, down the columns of out, the nt lines fell in
+    // one L1 set whenever out's rows were a multiple of 4 KB apart, and each row's pass missed
+    // on all of them (a 4096 x 1024 product of 128 tokens: 13% slower than with 4104 rows)
+    for (int t = 0; t < nt; t++)
+        for (int i = 0; i < n; i++) out[(size_t)t * out_stride + i] = t < VEC_FLOATS ? acc[i][0][t] : acc[i][1][t - VEC_FLOATS];
 }
 
 /* matmul: out[t][r] = sum_j W[r][j] * x[t][j] for T tokens. THE hot spot: nearly all
