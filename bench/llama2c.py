@@ -2,8 +2,9 @@
 
 llama2.c (https://github.com/karpathy/llama2.c) is not part of this repository: get it
 outside the repo (git clone https://github.com/karpathy/llama2.c /some/dir) and pass that
-directory to `bench/bench.py --llama2c DIR`; its `run` (fp32) and `runq` (int8) are built
-there with `gcc -Ofast -fopenmp -march=native` if missing. This file only writes files in
+directory to `bench/bench.py --llama2c DIR`; its `run.c` (fp32) and `runq.c` (int8) are built
+there as `run_openmp` and `runq_openmp` with `gcc -Ofast -fopenmp -march=native` (own names: a
+`make run` there builds `run` without OpenMP, one thread, which once went into a comparison). This file only writes files in
 its formats, with numpy, as its export.py would:
 
 - version 0 ("legacy", read by run.c): a header of 7 int32 (dim, hidden_dim, n_layers,
@@ -149,12 +150,13 @@ def read_bytes_per_token(c, version):
 
 
 def build(llama2c_dir):
-    """Build llama2.c's run and runq in its own directory (outside this repo) if missing."""
+    """Build llama2.c's run and runq with OpenMP in its own directory (outside this repo) as
+    run_openmp and runq_openmp, if missing or older than their source."""
     d = Path(llama2c_dir)
     for prog in ["run", "runq"]:
-        if not (d / prog).exists():
-            subprocess.run(["gcc", "-Ofast", "-fopenmp", "-march=native", f"{prog}.c", "-lm", "-o", prog], cwd=d,
-                           check=True)
+        src, out = d / f"{prog}.c", d / f"{prog}_openmp"
+        if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+            subprocess.run(["gcc", "-Ofast", "-fopenmp", "-march=native", src.name, "-lm", "-o", out.name], cwd=d, check=True)
     return d
 
 
@@ -162,7 +164,7 @@ def achieved(llama2c_dir, prog, checkpoint, threads, steps, prompt=""):
     """llama2.c's own "achieved tok/s": steps - 1 forward passes after the first, timed by it."""
     d = Path(llama2c_dir)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    r = subprocess.run([str(d / prog), str(checkpoint), "-z", str(d / "tokenizer.bin"), "-t", "0", "-n", str(steps),
+    r = subprocess.run([str(d / f"{prog}_openmp"), str(checkpoint), "-z", str(d / "tokenizer.bin"), "-t", "0", "-n", str(steps),
                         "-i", prompt], capture_output=True, text=True, env=env, check=True)
     m = re.search(r"achieved tok/s: ([\d.]+)", r.stderr)
     if not m:
