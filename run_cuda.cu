@@ -1521,6 +1521,9 @@ static void copy_state(Gpu *gp, RunState *s, int to_host) {
             }
     }
 #undef COPY
+    // a copy from pageable memory may return before its DMA has landed, and gp->stream (non-
+    // blocking) does not wait on the legacy stream's copies: the next step must not start early
+    if (!to_host) CUDA_CHECK(cudaDeviceSynchronize());
     gp->pos = s->pos;
 }
 extern "C" void cuda_state_to_host(Gpu *gp, RunState *s) {
