@@ -787,6 +787,45 @@ static float dot_simd512(const float *a, const float *b, int n) {
     for (; i < n; i++) s += a[i] * b[i];
     return s;
 }
+/* The delta rule's passes over a state row (delta_rows) two at a time, each sweep storing the
+   updated row and summing its dot product as dot_simd512 does (the same accumulators, in the
+   same order, so the same sums bit for bit): a *= alpha, then a . b; and a += c b, then a . q */
+static float scale_dot_simd512(float *a, float alpha, const float *b, int n) {
+    __m512 al = _mm512_set1_ps(alpha), acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int u = 0; u < 4; u++) {
+            __m512 v = _mm512_mul_ps(_mm512_loadu_ps(a + i + 16 * u), al);
+            _mm512_storeu_ps(a + i + 16 * u, v);
+            acc[u] = _mm512_fmadd_ps(v, _mm512_loadu_ps(b + i + 16 * u), acc[u]);
+        }
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(a + i), al);
+        _mm512_storeu_ps(a + i, v);
+        acc[0] = _mm512_fmadd_ps(v, _mm512_loadu_ps(b + i), acc[0]);
+    }
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+    for (; i < n; i++) { a[i] *= alpha; s += a[i] * b[i]; }
+    return s;
+}
+static float axpy_dot_simd512(float *a, float c, const float *b, const float *q, int n) {
+    __m512 cv = _mm512_set1_ps(c), acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int u = 0; u < 4; u++) {
+            __m512 v = _mm512_fmadd_ps(cv, _mm512_loadu_ps(b + i + 16 * u), _mm512_loadu_ps(a + i + 16 * u));
+            _mm512_storeu_ps(a + i + 16 * u, v);
+            acc[u] = _mm512_fmadd_ps(v, _mm512_loadu_ps(q + i + 16 * u), acc[u]);
+        }
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_fmadd_ps(cv, _mm512_loadu_ps(b + i), _mm512_loadu_ps(a + i));
+        _mm512_storeu_ps(a + i, v);
+        acc[0] = _mm512_fmadd_ps(v, _mm512_loadu_ps(q + i), acc[0]);
+    }
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+    for (; i < n; i++) { a[i] += c * b[i]; s += a[i] * q[i]; }
+    return s;
+}
 // bf16 and fp16 rows: 16 weights widened to fp32 per step (bf16: a 16-bit shift; fp16: vcvtph2ps)
 #define DOT16_512(name, WIDEN, scalar)                                                                   \
     static float name(const uint16_t *w, const float *x, int n) {                                     \
@@ -1773,10 +1812,16 @@ static void delta_rows(void *arg, int thread, int nt) {
         for (int t = 0; t < jb->T; t++) {
             const float *qh = s->q + (size_t)t * Dk + (size_t)(j / group) * dk, *kh = s->k + (size_t)t * Dk + (size_t)(j / group) * dk;
             float beta = s->b[(size_t)t * nv + j], alpha = s->a[(size_t)t * nv + j]; // (delta_layer)
+            float *ve = s->v + (size_t)t * Dv + (size_t)j * dv + e, *oe = s->o + (size_t)t * Dv + (size_t)j * dv + e;
+#ifdef SIMD_AVX512 // the four lines below in two sweeps over the row, the same numbers bit for bit
+            float u = *ve - (gated ? scale_dot_simd512(Se, alpha, kh, dk) : dot_f32(Se, kh, dk));
+            *oe = axpy_dot_simd512(Se, beta * u, kh, qh, dk);
+#else
             if (gated) for (int i = 0; i < dk; i++) Se[i] *= alpha;           // S = alpha S
-            float u = s->v[(size_t)t * Dv + (size_t)j * dv + e] - dot_f32(Se, kh, dk); // u = v - S^T k
+            float u = *ve - dot_f32(Se, kh, dk);                              // u = v - S^T k
             for (int i = 0; i < dk; i++) Se[i] += beta * u * kh[i];          // S += k (beta u)^T
-            s->o[(size_t)t * Dv + (size_t)j * dv + e] = dot_f32(Se, qh, dk); // o = S^T q
+            *oe = dot_f32(Se, qh, dk);                                        // o = S^T q
+#endif
         }
     }
 }
