@@ -826,6 +826,26 @@ static float axpy_dot_simd512(float *a, float c, const float *b, const float *q,
     for (; i < n; i++) { a[i] += c * b[i]; s += a[i] * q[i]; }
     return s;
 }
+// ... and HGRN2's and GLA's: a = g * a + k v (g a row of decays), then a . q
+static float decay_dot_simd512(float *a, const float *g, const float *k, float v, const float *q, int n) {
+    __m512 vv = _mm512_set1_ps(v), acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int u = 0; u < 4; u++) {
+            int o = i + 16 * u;
+            __m512 x = _mm512_fmadd_ps(_mm512_loadu_ps(g + o), _mm512_loadu_ps(a + o), _mm512_mul_ps(_mm512_loadu_ps(k + o), vv));
+            _mm512_storeu_ps(a + o, x);
+            acc[u] = _mm512_fmadd_ps(x, _mm512_loadu_ps(q + o), acc[u]);
+        }
+    for (; i + 16 <= n; i += 16) {
+        __m512 x = _mm512_fmadd_ps(_mm512_loadu_ps(g + i), _mm512_loadu_ps(a + i), _mm512_mul_ps(_mm512_loadu_ps(k + i), vv));
+        _mm512_storeu_ps(a + i, x);
+        acc[0] = _mm512_fmadd_ps(x, _mm512_loadu_ps(q + i), acc[0]);
+    }
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+    for (; i < n; i++) { a[i] = g[i] * a[i] + k[i] * v; s += a[i] * q[i]; }
+    return s;
+}
 // bf16 and fp16 rows: 16 weights widened to fp32 per step (bf16: a 16-bit shift; fp16: vcvtph2ps)
 #define DOT16_512(name, WIDEN, scalar)                                                                   \
     static float name(const uint16_t *w, const float *x, int n) {                                     \
@@ -1641,9 +1661,13 @@ static void hgrn2_rows(void *arg, int thread, int nt) {
             const RunState *s = jb->s;
             const float *qh = s->q + (size_t)t * F + (size_t)h * dk, *kh = s->k + (size_t)t * F + (size_t)h * dk;
             const float *gh = s->a + (size_t)t * F + (size_t)h * dk;
-            float vj = s->v[(size_t)t * Dv + (size_t)h * dv + j];
+            float vj = s->v[(size_t)t * Dv + (size_t)h * dv + j], *oj = s->o + (size_t)t * Dv + (size_t)h * dv + j;
+#ifdef SIMD_AVX512 // the two lines below in one sweep, the same numbers bit for bit
+            *oj = decay_dot_simd512(Sj, gh, kh, vj, qh, dk);
+#else
             for (int i = 0; i < dk; i++) Sj[i] = gh[i] * Sj[i] + kh[i] * vj;      // S = diag(g) S + k v^T
-            s->o[(size_t)t * Dv + (size_t)h * dv + j] = dot_f32(Sj, qh, dk);       // o = S^T q
+            *oj = dot_f32(Sj, qh, dk);                                            // o = S^T q
+#endif
         }
     }
 }
@@ -1688,8 +1712,14 @@ static void gla_rows(void *arg, int thread, int nt) {
         for (int t = 0; t < jb->T; t++) {
             const float *kh = s->k + (size_t)t * Dk + (size_t)j * dk, *ah = s->f + (size_t)t * Dk + (size_t)j * dk;
             float ve = s->v[(size_t)t * Dv + (size_t)j * dv + e];
+            int h = j * group;
+#ifdef SIMD_AVX512 // the update and the first head's o in one sweep, the same numbers bit for bit
+            s->o[(size_t)t * Do + (size_t)h * dv + e] = decay_dot_simd512(Se, ah, kh, ve, s->q + (size_t)t * Dq + (size_t)h * dk, dk);
+            h++;
+#else
             for (int i = 0; i < dk; i++) Se[i] = ah[i] * Se[i] + kh[i] * ve;     // S = diag(a) S + k v^T
-            for (int h = j * group; h < (j + 1) * group; h++)                     // o = S^T q, each query head of the group
+#endif
+            for (; h < (j + 1) * group; h++)                                      // o = S^T q, each query head of the group
                 s->o[(size_t)t * Do + (size_t)h * dv + e] = dot_f32(Se, s->q + (size_t)t * Dq + (size_t)h * dk, dk);
         }
     }
