@@ -1250,30 +1250,36 @@ static void matmul_rows(void *arg, int thread, int nt) {
 }
 
 #ifdef USE_OPENBLAS
-/* With OpenBLAS (make BLAS=1), a prompt batch is one sgemm: out[T][rows] = x[T][cols] W^T.
-   Weights in another dtype are converted to fp32 a block of rows at a time first. */
+/* With OpenBLAS (make BLAS=1), a prompt batch is sgemms: out[T][rows] = x[T][cols] W^T, in
+   blocks of BLOCK_ROWS rows that our threads take as they free up, OpenBLAS itself on one
+   thread (set in main). Left to split one sgemm over its own threads, OpenBLAS summed some
+   outputs differently with 3 threads than with 1 or 2; fixed blocks give the same logits for
+   any -T. Weights in another dtype are converted to fp32 a block at a time first. */
 #include <cblas.h>
 #undef I // complex.h, pulled in by cblas.h, defines I
-static void matmul_blas(float *out, const float *x, const Matrix *w, int T) {
-    if (w->dtype == DTYPE_F32) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, w->rows, w->cols, 1.0f, x, w->cols,
-                    (const float *)w->data, w->cols, 0.0f, out, w->rows);
-        return;
-    }
-    enum { BLOCK_ROWS = 256 };
-    static float *block = NULL;
-    static size_t block_floats = 0;
-    if (block_floats < (size_t)BLOCK_ROWS * w->cols) {
-        free(block);
-        block_floats = (size_t)BLOCK_ROWS * w->cols;
-        block = xcalloc(block_floats, sizeof(float));
-    }
-    for (int r0 = 0; r0 < w->rows; r0 += BLOCK_ROWS) {
+typedef struct { float *out; const float *x; const Matrix *w; int T; atomic_int next; } BlasJob;
+#define BLOCK_ROWS 256
+static void blas_blocks(void *arg, int thread, int nt) {
+    BlasJob *j = arg;
+    const Matrix *w = j->w;
+    float *block = NULL; // this thread's rows as fp32 (other dtypes)
+    (void)thread, (void)nt;
+    for (int r0; (r0 = BLOCK_ROWS * atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < w->rows;) {
         int n = w->rows - r0 < BLOCK_ROWS ? w->rows - r0 : BLOCK_ROWS;
-        for (int r = 0; r < n; r++) matrix_row(w, r0 + r, block + (size_t)r * w->cols);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, w->cols, 1.0f, x, w->cols, block, w->cols, 0.0f,
-                    out + r0, w->rows);
+        const float *rows = (const float *)w->data + (size_t)r0 * w->cols;
+        if (w->dtype != DTYPE_F32) {
+            if (!block) block = xcalloc((size_t)BLOCK_ROWS * w->cols, sizeof(float));
+            for (int r = 0; r < n; r++) matrix_row(w, r0 + r, block + (size_t)r * w->cols);
+            rows = block;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->T, n, w->cols, 1.0f, j->x, w->cols, rows, w->cols, 0.0f,
+                    j->out + r0, w->rows);
     }
+    free(block);
+}
+static void matmul_blas(float *out, const float *x, const Matrix *w, int T) {
+    BlasJob j = {.out = out, .x = x, .w = w, .T = T};
+    run_parallel(blas_blocks, &j);
 }
 #endif
 
@@ -3063,7 +3069,7 @@ int main(int argc, char **argv) {
 
     if (!model_path) usage();
 #ifdef USE_OPENBLAS
-    openblas_set_num_threads(n_threads);
+    openblas_set_num_threads(1); // our threads share the blocks of a product (matmul_blas)
 #endif
     Model m;
     load_model(&m, model_path);
