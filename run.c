@@ -826,7 +826,7 @@ static float axpy_dot_simd512(float *a, float c, const float *b, const float *q,
     for (; i < n; i++) { a[i] += c * b[i]; s += a[i] * q[i]; }
     return s;
 }
-// ... and HGRN2's and GLA's: a = g * a + k v (g a row of decays), then a . q
+// ... and HGRN2's, GLA's and RetNet's: a = g * a + k v (g a row of decays), then a . q
 static float decay_dot_simd512(float *a, const float *g, const float *k, float v, const float *q, int n) {
     __m512 vv = _mm512_set1_ps(v), acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     int i = 0;
@@ -1861,13 +1861,13 @@ static void delta_rows(void *arg, int thread, int nt) {
         for (int t = 0; t < jb->T; t++) {
             const float *qh = s->q + (size_t)t * Dk + (size_t)(j / group) * dk, *kh = s->k + (size_t)t * Dk + (size_t)(j / group) * dk;
             float beta = s->b[(size_t)t * nv + j], alpha = s->a[(size_t)t * nv + j]; // (delta_layer)
-            float *ve = s->v + (size_t)t * Dv + (size_t)j * dv + e, *oe = s->o + (size_t)t * Dv + (size_t)j * dv + e;
+            float ve = s->v[(size_t)t * Dv + (size_t)j * dv + e], *oe = s->o + (size_t)t * Dv + (size_t)j * dv + e;
 #ifdef SIMD_AVX512 // the four lines below in two sweeps over the row, the same numbers bit for bit
-            float u = *ve - (gated ? scale_dot_simd512(Se, alpha, kh, dk) : dot_f32(Se, kh, dk));
+            float u = ve - (gated ? scale_dot_simd512(Se, alpha, kh, dk) : dot_f32(Se, kh, dk));
             *oe = axpy_dot_simd512(Se, beta * u, kh, qh, dk);
 #else
             if (gated) for (int i = 0; i < dk; i++) Se[i] *= alpha;           // S = alpha S
-            float u = *ve - dot_f32(Se, kh, dk);                              // u = v - S^T k
+            float u = ve - dot_f32(Se, kh, dk);                               // u = v - S^T k
             for (int i = 0; i < dk; i++) Se[i] += beta * u * kh[i];          // S += k (beta u)^T
             *oe = dot_f32(Se, qh, dk);                                        // o = S^T q
 #endif
