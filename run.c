@@ -787,63 +787,39 @@ static float dot_simd512(const float *a, const float *b, int n) {
     for (; i < n; i++) s += a[i] * b[i];
     return s;
 }
-/* The delta rule's passes over a state row (delta_rows) two at a time, each sweep storing the
-   updated row and summing its dot product as dot_simd512 does (the same accumulators, in the
-   same order, so the same sums bit for bit): a *= alpha, then a . b; and a += c b, then a . q */
-static float scale_dot_simd512(float *a, float alpha, const float *b, int n) {
-    __m512 al = _mm512_set1_ps(alpha), acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    int i = 0;
-    for (; i + 64 <= n; i += 64)
-        for (int u = 0; u < 4; u++) {
-            __m512 v = _mm512_mul_ps(_mm512_loadu_ps(a + i + 16 * u), al);
-            _mm512_storeu_ps(a + i + 16 * u, v);
-            acc[u] = _mm512_fmadd_ps(v, _mm512_loadu_ps(b + i + 16 * u), acc[u]);
-        }
-    for (; i + 16 <= n; i += 16) {
-        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(a + i), al);
-        _mm512_storeu_ps(a + i, v);
-        acc[0] = _mm512_fmadd_ps(v, _mm512_loadu_ps(b + i), acc[0]);
-    }
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
-    for (; i < n; i++) { a[i] *= alpha; s += a[i] * b[i]; }
-    return s;
+/* The recurrences' passes over a state row two at a time: each sweep updates the row a, stores
+   it and sums its dot product with q as dot_simd512 does (the same accumulators in the same
+   order, so the same numbers bit for bit as an update pass and then a dot_f32 pass). How:
+     SWEEP_SCALE  a *= c                     (the delta rule's decay; q = k)
+     SWEEP_AXPY   a += c k                   (the delta rule's update)
+     SWEEP_DECAY  a = g a + k c              (HGRN2, GLA, RetNet: g a row of decays, c = v) */
+enum { SWEEP_SCALE, SWEEP_AXPY, SWEEP_DECAY };
+// the 16 floats of the row at o: updated, stored, and their products with q added into acc
+static inline __m512 sweep_piece(int how, float *a, float c, const float *g, const float *k, const float *q, int o, __m512 acc) {
+    __m512 v = _mm512_loadu_ps(a + o), cv = _mm512_set1_ps(c);
+    if (how == SWEEP_SCALE) v = _mm512_mul_ps(v, cv);
+    else if (how == SWEEP_AXPY) v = _mm512_fmadd_ps(cv, _mm512_loadu_ps(k + o), v);
+    else v = _mm512_fmadd_ps(_mm512_loadu_ps(g + o), v, _mm512_mul_ps(_mm512_loadu_ps(k + o), cv));
+    _mm512_storeu_ps(a + o, v);
+    return _mm512_fmadd_ps(v, _mm512_loadu_ps(q + o), acc);
 }
-static float axpy_dot_simd512(float *a, float c, const float *b, const float *q, int n) {
-    __m512 cv = _mm512_set1_ps(c), acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+static inline float sweep_dot_simd512(int how, float *a, float c, const float *g, const float *k, const float *q, int n) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     int i = 0;
-    for (; i + 64 <= n; i += 64)
-        for (int u = 0; u < 4; u++) {
-            __m512 v = _mm512_fmadd_ps(cv, _mm512_loadu_ps(b + i + 16 * u), _mm512_loadu_ps(a + i + 16 * u));
-            _mm512_storeu_ps(a + i + 16 * u, v);
-            acc[u] = _mm512_fmadd_ps(v, _mm512_loadu_ps(q + i + 16 * u), acc[u]);
-        }
-    for (; i + 16 <= n; i += 16) {
-        __m512 v = _mm512_fmadd_ps(cv, _mm512_loadu_ps(b + i), _mm512_loadu_ps(a + i));
-        _mm512_storeu_ps(a + i, v);
-        acc[0] = _mm512_fmadd_ps(v, _mm512_loadu_ps(q + i), acc[0]);
+    for (; i + 64 <= n; i += 64) {
+        acc0 = sweep_piece(how, a, c, g, k, q, i, acc0);
+        acc1 = sweep_piece(how, a, c, g, k, q, i + 16, acc1);
+        acc2 = sweep_piece(how, a, c, g, k, q, i + 32, acc2);
+        acc3 = sweep_piece(how, a, c, g, k, q, i + 48, acc3);
     }
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
-    for (; i < n; i++) { a[i] += c * b[i]; s += a[i] * q[i]; }
-    return s;
-}
-// ... and HGRN2's, GLA's and RetNet's: a = g * a + k v (g a row of decays), then a . q
-static float decay_dot_simd512(float *a, const float *g, const float *k, float v, const float *q, int n) {
-    __m512 vv = _mm512_set1_ps(v), acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    int i = 0;
-    for (; i + 64 <= n; i += 64)
-        for (int u = 0; u < 4; u++) {
-            int o = i + 16 * u;
-            __m512 x = _mm512_fmadd_ps(_mm512_loadu_ps(g + o), _mm512_loadu_ps(a + o), _mm512_mul_ps(_mm512_loadu_ps(k + o), vv));
-            _mm512_storeu_ps(a + o, x);
-            acc[u] = _mm512_fmadd_ps(x, _mm512_loadu_ps(q + o), acc[u]);
-        }
-    for (; i + 16 <= n; i += 16) {
-        __m512 x = _mm512_fmadd_ps(_mm512_loadu_ps(g + i), _mm512_loadu_ps(a + i), _mm512_mul_ps(_mm512_loadu_ps(k + i), vv));
-        _mm512_storeu_ps(a + i, x);
-        acc[0] = _mm512_fmadd_ps(x, _mm512_loadu_ps(q + i), acc[0]);
+    for (; i + 16 <= n; i += 16) acc0 = sweep_piece(how, a, c, g, k, q, i, acc0);
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
+    for (; i < n; i++) {
+        if (how == SWEEP_SCALE) a[i] *= c;
+        else if (how == SWEEP_AXPY) a[i] += c * k[i];
+        else a[i] = g[i] * a[i] + k[i] * c;
+        s += a[i] * q[i];
     }
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
-    for (; i < n; i++) { a[i] = g[i] * a[i] + k[i] * v; s += a[i] * q[i]; }
     return s;
 }
 // bf16 and fp16 rows: 16 weights widened to fp32 per step (bf16: a 16-bit shift; fp16: vcvtph2ps)
@@ -1669,7 +1645,7 @@ static void hgrn2_rows(void *arg, int thread, int nt) {
             const float *gh = s->a + (size_t)t * F + (size_t)h * dk;
             float vj = s->v[(size_t)t * Dv + (size_t)h * dv + j], *oj = s->o + (size_t)t * Dv + (size_t)h * dv + j;
 #ifdef SIMD_AVX512 // the two lines below in one sweep, the same numbers bit for bit
-            *oj = decay_dot_simd512(Sj, gh, kh, vj, qh, dk);
+            *oj = sweep_dot_simd512(SWEEP_DECAY, Sj, vj, gh, kh, qh, dk);
 #else
             for (int i = 0; i < dk; i++) Sj[i] = gh[i] * Sj[i] + kh[i] * vj;      // S = diag(g) S + k v^T
             *oj = dot_f32(Sj, qh, dk);                                            // o = S^T q
@@ -1720,7 +1696,7 @@ static void gla_rows(void *arg, int thread, int nt) {
             float ve = s->v[(size_t)t * Dv + (size_t)j * dv + e];
             int h = j * group;
 #ifdef SIMD_AVX512 // the update and the first head's o in one sweep, the same numbers bit for bit
-            s->o[(size_t)t * Do + (size_t)h * dv + e] = decay_dot_simd512(Se, ah, kh, ve, s->q + (size_t)t * Dq + (size_t)h * dk, dk);
+            s->o[(size_t)t * Do + (size_t)h * dv + e] = sweep_dot_simd512(SWEEP_DECAY, Se, ve, ah, kh, s->q + (size_t)t * Dq + (size_t)h * dk, dk);
             h++;
 #else
             for (int i = 0; i < dk; i++) Se[i] = ah[i] * Se[i] + kh[i] * ve;     // S = diag(a) S + k v^T
@@ -1791,7 +1767,7 @@ static void retnet_rows(void *arg, int thread, int nt) {
     int Dq = nq * dk, Dk = nk * dk, Dv = nk * dv, Do = nq * dv, n_rows = nq * dv;
     float scale = 1.0f / sqrtf((float)dk);
 #ifdef SIMD_AVX512
-    float *gammas = xcalloc((size_t)dk, sizeof(float)); // gamma in every column, for decay_dot_simd512
+    float *gammas = xcalloc((size_t)dk, sizeof(float)); // gamma in every column, for sweep_dot_simd512
 #endif
     for (int row = (int)((long)n_rows * thread / nt); row < (int)((long)n_rows * (thread + 1) / nt); row++) {
         int h = row / dv, e = row % dv;          // query head h, row e of its S^T: value channel e
@@ -1803,7 +1779,7 @@ static void retnet_rows(void *arg, int thread, int nt) {
             const float *kh = s->k + (size_t)t * Dk + (size_t)(h / group) * dk, *qh = s->q + (size_t)t * Dq + (size_t)h * dk;
             float ve = s->v[(size_t)t * Dv + (size_t)(h / group) * dv + e], *oe = s->o + (size_t)t * Do + (size_t)h * dv + e;
 #ifdef SIMD_AVX512 // the two lines below in one sweep, the same numbers bit for bit
-            *oe = decay_dot_simd512(Se, gammas, kh, ve, qh, dk) * scale;
+            *oe = sweep_dot_simd512(SWEEP_DECAY, Se, ve, gammas, kh, qh, dk) * scale;
 #else
             for (int i = 0; i < dk; i++) Se[i] = gamma * Se[i] + kh[i] * ve;     // S = gamma S + k v^T
             *oe = dot_f32(Se, qh, dk) * scale;                                    // o = S^T q / sqrt(dk)
@@ -1863,8 +1839,8 @@ static void delta_rows(void *arg, int thread, int nt) {
             float beta = s->b[(size_t)t * nv + j], alpha = s->a[(size_t)t * nv + j]; // (delta_layer)
             float ve = s->v[(size_t)t * Dv + (size_t)j * dv + e], *oe = s->o + (size_t)t * Dv + (size_t)j * dv + e;
 #ifdef SIMD_AVX512 // the four lines below in two sweeps over the row, the same numbers bit for bit
-            float u = ve - (gated ? scale_dot_simd512(Se, alpha, kh, dk) : dot_f32(Se, kh, dk));
-            *oe = axpy_dot_simd512(Se, beta * u, kh, qh, dk);
+            float u = ve - (gated ? sweep_dot_simd512(SWEEP_SCALE, Se, alpha, NULL, kh, kh, dk) : dot_f32(Se, kh, dk));
+            *oe = sweep_dot_simd512(SWEEP_AXPY, Se, beta * u, NULL, kh, qh, dk);
 #else
             if (gated) for (int i = 0; i < dk; i++) Se[i] *= alpha;           // S = alpha S
             float u = ve - dot_f32(Se, kh, dk);                               // u = v - S^T k
