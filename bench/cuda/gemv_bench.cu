@@ -4,6 +4,9 @@
    has 24 copies of its matrices (more than the 50 MB L2), taken in turn, 96 launches per
    timing, best of 4: launched one by one, captured in a graph, and in a graph as programmatic
    dependents (as in a decode step). Weights and x are zeros: only the time is of interest.
+   `gemv_bench chain`: instead, 24 layers of a 1.3B GatedDeltaNet layer's four products in turn
+   (in_proj, o_proj, gate_up, down: 120 MB a layer), as one graph of dependents, with the
+   HLA_CUDA_GEMV_BLOCKS setting of run_cuda.cu.
    Results: bench/cuda/gemv_experiments_h200.log. */
 #include "../../run_cuda.cu"
 
@@ -22,11 +25,15 @@ __global__ void read_kernel(const int4 *w, size_t n, float *out) {
 
 struct Shape { const char *name; int rows, cols, glu, norm, dtype; };
 
-int main() {
+static int env_int(const char *name) { const char *v = getenv(name); return v ? atoi(v) : 0; }
+
+int main(int argc, char **argv) {
     Gpu gpv = {};
     Gpu *gp = &gpv;
     CUDA_CHECK(cudaStreamCreate(&gp->stream));
     CUDA_CHECK(cudaDeviceGetAttribute(&gp->n_sms, cudaDevAttrMultiProcessorCount, 0));
+    gp->gemv_blocks_per_sm = env_int("HLA_CUDA_GEMV_BLOCKS");
+    if (!gemv_reserve_smem(5632)) fatal("gemv_bench: the rings do not fit in shared memory");
     Shape shapes[] = {{"in_proj 8204x2048 rms", 8204, 2048, 0, NORM_RMS, DTYPE_BF16}, {"gate_up 2x5632x2048 rms", 5632, 2048, 1, NORM_RMS, DTYPE_BF16},
                       {"down 2048x5632", 2048, 5632, 0, NORM_NONE, DTYPE_BF16}, {"o_proj 2048x4096 group", 2048, 4096, 0, NORM_GROUP, DTYPE_BF16},
                       {"o_proj 2048x2048 group", 2048, 2048, 0, NORM_GROUP, DTYPE_BF16},
@@ -42,6 +49,41 @@ int main() {
     const int NB = 24, ITER = 96;
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0); cudaEventCreate(&e1);
+    if (argc > 1 && !strcmp(argv[1], "chain")) {
+        const Shape layer[] = {shapes[0], shapes[3], shapes[1], shapes[2]};
+        size_t layer_bytes = 0, off[4];
+        for (int i = 0; i < 4; i++) { off[i] = layer_bytes; layer_bytes += (size_t)layer[i].rows * layer[i].cols * 2 * (layer[i].glu ? 2 : 1); }
+        uint8_t *buf;
+        CUDA_CHECK(cudaMalloc(&buf, layer_bytes * NB));
+        CUDA_CHECK(cudaMemset(buf, 0, layer_bytes * NB));
+        gp->dependent_now = 1;
+        cudaGraph_t g;
+        cudaGraphExec_t ge;
+        CUDA_CHECK(cudaStreamBeginCapture(gp->stream, cudaStreamCaptureModeThreadLocal));
+        for (int l = 0; l < NB; l++)
+            for (int i = 0; i < 4; i++) {
+                const Shape &s = layer[i];
+                uint8_t *w = buf + l * layer_bytes + off[i];
+                size_t half = (size_t)s.rows * s.cols * 2;
+                GemvJob jobs[2] = {{{w, scales, s.dtype, s.rows, s.cols}, y, s.glu ? OUT_GLU : OUT_STORE}, {{w + half, scales, s.dtype, s.rows, s.cols}, y2, OUT_STORE}};
+                Prologue p = s.norm == NORM_RMS ? rms(normw, 1e-6f) : s.norm == NORM_GROUP ? group_norm(normw, gate, 512, 1e-6f) : Prologue{NORM_NONE};
+                matmul(gp, x, s.cols, p, 1, jobs, s.glu ? 2 : 1);
+            }
+        CUDA_CHECK(cudaStreamEndCapture(gp->stream, &g));
+        CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
+        float best = 1e30f;
+        for (int rep = 0; rep < 8; rep++) {
+            CUDA_CHECK(cudaEventRecord(e0, gp->stream));
+            CUDA_CHECK(cudaGraphLaunch(ge, gp->stream));
+            CUDA_CHECK(cudaEventRecord(e1, gp->stream));
+            CUDA_CHECK(cudaEventSynchronize(e1));
+            float ms; cudaEventElapsedTime(&ms, e0, e1);
+            if (rep && ms < best) best = ms;
+        }
+        printf("chain warps=%d stages=%d unroll=%d blocks=%d: %.1f us a layer, %.0f GB/s\n", GEMV_WARPS, GEMV_STAGES, GEMV_UNROLL, gp->gemv_blocks_per_sm,
+               best * 1e3 / NB, layer_bytes * NB / (best * 1e-3) / 1e9);
+        return 0;
+    }
     for (const Shape &s : shapes) {
         size_t esize = s.dtype == DTYPE_F32 ? 4 : s.dtype == DTYPE_Q8 ? 1 : 2;
         size_t bytes = (size_t)s.rows * s.cols * esize * (s.glu ? 2 : 1);
