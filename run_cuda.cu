@@ -299,13 +299,21 @@ template <int DTYPE> __device__ static float chunk_dot(int4 v, const float4 *xq)
 #ifndef GEMV_STAGES
 #define GEMV_STAGES 4 // batches in a warp's ring (a power of two)
 #endif
-#define GEMV_RING_BYTES (GEMV_WARPS * GEMV_STAGES * GEMV_UNROLL * 32 * 16) // a block's rings
+#define GEMV_RING_BYTES (GEMV_WARPS * GEMV_STAGES * GEMV_UNROLL * 32 * 16)      // a block's rings
+#define GEMV_SCALE_RING_BYTES (GEMV_WARPS * GEMV_STAGES * GEMV_UNROLL * 32 * 4) // q8: each chunk's scale too
 
 // 16 bytes from global to shared memory, asynchronously; the copies a thread requested since
 // its last commit form one group; wait_group<N>: all but the last N groups have landed
 __device__ static void copy16_async(int4 *dst, const int4 *src) {
 #if __CUDA_ARCH__ >= 800
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src) : "memory");
+#else
+    *dst = *src;
+#endif
+}
+__device__ static void copy4_async(float *dst, const float *src) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src) : "memory");
 #else
     *dst = *src;
 #endif
@@ -327,7 +335,8 @@ template <int DTYPE> struct GemvStream {
     static constexpr int PER_CHUNK = DTYPE == DTYPE_F32 ? 4 : DTYPE == DTYPE_Q8 ? 16 : 8; // weights per 16 bytes
     const GemvJobs &jobs;
     int n_chunks, n_rows, n_warps, lane;
-    int4 *ring; // this warp's: [GEMV_STAGES][GEMV_UNROLL][32 lanes]
+    int4 *ring;         // this warp's: [GEMV_STAGES][GEMV_UNROLL][32 lanes]
+    float *scale_ring;  // q8: the scales of those chunks, in the same layout
     // the job and its row r that a cursor is in
     __device__ int job_of(const GemvCursor &at, int *r) const {
         int j = 0;
@@ -352,10 +361,12 @@ template <int DTYPE> struct GemvStream {
         if (at.row < n_rows) {
             int r, j = job_of(at, &r);
             const int4 *row = row_chunks(j, r);
+            const float *scales = DTYPE == DTYPE_Q8 ? jobs.job[j].w.scales + (size_t)r * n_chunks * PER_CHUNK / Q8_GROUP : nullptr;
 #pragma unroll
             for (int u = 0; u < GEMV_UNROLL; u++) {
-                int c = at.base + lane + 32 * u;
-                if (c < n_chunks) copy16_async(&ring[(slot * GEMV_UNROLL + u) * 32 + lane], row + c);
+                int c = at.base + lane + 32 * u, at_slot = (slot * GEMV_UNROLL + u) * 32 + lane;
+                if (c < n_chunks) copy16_async(&ring[at_slot], row + c);
+                if (DTYPE == DTYPE_Q8 && c < n_chunks) copy4_async(&scale_ring[at_slot], scales + c * PER_CHUNK / Q8_GROUP);
             }
         }
         copy_commit();
@@ -363,14 +374,12 @@ template <int DTYPE> struct GemvStream {
     // one batch (landed in ring slot `slot`) into the running sum; at a unit's end, its output
     __device__ void consume(const GemvCursor &at, int slot, const float *xs, float &s, float &gate) const {
         int r, j = job_of(at, &r);
-        const float *scales = DTYPE == DTYPE_Q8 ? jobs.job[j].w.scales + (size_t)r * n_chunks * PER_CHUNK / Q8_GROUP : nullptr;
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) {
-            int c = at.base + lane + 32 * u;
+            int c = at.base + lane + 32 * u, at_slot = (slot * GEMV_UNROLL + u) * 32 + lane;
             if (c < n_chunks) {
-                int4 v = ring[(slot * GEMV_UNROLL + u) * 32 + lane];
-                float part = chunk_dot<DTYPE>(v, (const float4 *)xs + (c / 32) * 32 * (PER_CHUNK / 4) + c % 32);
-                s += DTYPE == DTYPE_Q8 ? part * scales[c * PER_CHUNK / Q8_GROUP] : part;
+                float part = chunk_dot<DTYPE>(ring[at_slot], (const float4 *)xs + (c / 32) * 32 * (PER_CHUNK / 4) + c % 32);
+                s += DTYPE == DTYPE_Q8 ? part * scale_ring[at_slot] : part;
             }
         }
         if (at.base + 32 * GEMV_UNROLL < n_chunks) return; // the unit goes on in the next batch
@@ -416,8 +425,11 @@ template <int DTYPE> __global__ void gemv_kernel(GemvJobs jobs, const float *x, 
     int esize = DTYPE == DTYPE_F32 ? 4 : DTYPE == DTYPE_Q8 ? 1 : 2, row_bytes = cols * esize;
     int n_chunks = row_bytes % 16 == 0 ? row_bytes / 16 : 0, warp = threadIdx.x >> 5;
     int xs_floats = (n_chunks + 31) / 32 * 32 * GemvStream<DTYPE>::PER_CHUNK; // (whole 32-chunk blocks: xs_index)
-    int4 *ring = (int4 *)(xs + xs_floats) + warp * GEMV_STAGES * GEMV_UNROLL * 32;
-    GemvStream<DTYPE> st{jobs, n_chunks, n_rows, (int)gridDim.x * GEMV_WARPS, (int)threadIdx.x & 31, ring};
+    int4 *rings = (int4 *)(xs + xs_floats);
+    float *scale_rings = (float *)(rings + GEMV_RING_BYTES / 16); // (q8 only)
+    int per_warp = GEMV_STAGES * GEMV_UNROLL * 32;
+    GemvStream<DTYPE> st{jobs, n_chunks, n_rows, (int)gridDim.x * GEMV_WARPS, (int)threadIdx.x & 31, rings + warp * per_warp,
+                         scale_rings + warp * per_warp};
     GemvCursor first = {(int)(blockIdx.x * GEMV_WARPS + warp), 0, 0}, next = first;
     if (n_chunks) next = st.start(first);
     // the weights above need nothing from the kernel before this one (see launch()), x does
@@ -680,7 +692,7 @@ static void gemv_launch(Gpu *gp, GemvKernel kernel, const GemvJobs &js, const fl
 static bool gemv_reserve_smem(size_t cols) {
     int smem_max = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
-    size_t smem = (cols + 32 * 16) * sizeof(float) + GEMV_RING_BYTES; // + xs_index's padding
+    size_t smem = (cols + 32 * 16) * sizeof(float) + GEMV_RING_BYTES + GEMV_SCALE_RING_BYTES; // + xs_index's padding
     if (smem > (size_t)smem_max) return false;
     CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_F32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_F16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -710,7 +722,8 @@ static void matmul(Gpu *gp, const float *x, int cols, Prologue p, int T, GemvJob
             js.first_row[js.n] = rows;
             size_t esize = dt == DTYPE_F32 ? 4 : dt == DTYPE_Q8 ? 1 : 2, chunks = cols * esize / 16; // xs_index's layout:
             size_t smem = cols * esize % 16 ? cols * sizeof(float) // x, then the rings
-                                            : (chunks + 31) / 32 * 32 * (16 / esize) * sizeof(float) + GEMV_RING_BYTES; // (whole 32-chunk blocks)
+                                            : (chunks + 31) / 32 * 32 * (16 / esize) * sizeof(float) + GEMV_RING_BYTES // (whole 32-chunk blocks)
+                                                  + (dt == DTYPE_Q8 ? GEMV_SCALE_RING_BYTES : 0);
             switch (dt) {
             case DTYPE_F32: gemv_launch(gp, gemv_kernel<DTYPE_F32>, js, x, p, cols, rows, smem); break;
             case DTYPE_F16: gemv_launch(gp, gemv_kernel<DTYPE_F16>, js, x, p, cols, rows, smem); break;
