@@ -299,8 +299,9 @@ template <int DTYPE> __device__ static float chunk_dot(int4 v, const float4 *xq)
 #ifndef GEMV_STAGES
 #define GEMV_STAGES 4 // batches in a warp's ring (a power of two)
 #endif
-#define GEMV_RING_BYTES (GEMV_WARPS * GEMV_STAGES * GEMV_UNROLL * 32 * 16)      // a block's rings
-#define GEMV_SCALE_RING_BYTES (GEMV_WARPS * GEMV_STAGES * GEMV_UNROLL * 32 * 4) // q8: each chunk's scale too
+// a warp's ring in bytes (q8: each chunk's scale too); a block has fewer warps than GEMV_WARPS
+// only where the rings would not fit in the GPU's shared memory (gemv_launch)
+#define GEMV_WARP_RING_BYTES(q8) (GEMV_STAGES * GEMV_UNROLL * 32 * ((q8) ? 16 + 4 : 16))
 
 // 16 bytes from global to shared memory, asynchronously; the copies a thread requested since
 // its last commit form one group; wait_group<N>: all but the last N groups have landed
@@ -426,11 +427,11 @@ template <int DTYPE> __global__ void gemv_kernel(GemvJobs jobs, const float *x, 
     int n_chunks = row_bytes % 16 == 0 ? row_bytes / 16 : 0, warp = threadIdx.x >> 5;
     int xs_floats = (n_chunks + 31) / 32 * 32 * GemvStream<DTYPE>::PER_CHUNK; // (whole 32-chunk blocks: xs_index)
     int4 *rings = (int4 *)(xs + xs_floats);
-    float *scale_rings = (float *)(rings + GEMV_RING_BYTES / 16); // (q8 only)
-    int per_warp = GEMV_STAGES * GEMV_UNROLL * 32;
-    GemvStream<DTYPE> st{jobs, n_chunks, n_rows, (int)gridDim.x * GEMV_WARPS, (int)threadIdx.x & 31, rings + warp * per_warp,
+    int warps = blockDim.x >> 5, per_warp = GEMV_STAGES * GEMV_UNROLL * 32;
+    float *scale_rings = (float *)(rings + warps * per_warp); // (q8 only)
+    GemvStream<DTYPE> st{jobs, n_chunks, n_rows, (int)gridDim.x * warps, (int)threadIdx.x & 31, rings + warp * per_warp,
                          scale_rings + warp * per_warp};
-    GemvCursor first = {(int)(blockIdx.x * GEMV_WARPS + warp), 0, 0}, next = first;
+    GemvCursor first = {(int)(blockIdx.x * warps + warp), 0, 0}, next = first;
     if (n_chunks) next = st.start(first);
     // the weights above need nothing from the kernel before this one (see launch()), x does
     wait_for_inputs();
@@ -529,6 +530,7 @@ struct Gpu {
     int dependent_launch;            // one-token steps' kernels as programmatic dependent launches (launch)
     int dependent_now;               // ... and this step is one (a prompt's kernels launch plainly, as measured)
     int gemv_blocks_per_sm;          // HLA_CUDA_GEMV_BLOCKS: a cap on GEMV blocks per multiprocessor (0: as many as fit)
+    size_t gemv_smem_max;            // shared memory a GEMV block may have (gemv_reserve_smem)
     float *x, *xb, *q, *k, *v, *g, *f, *a, *b, *o, *low_rank, *hb, *hb2, *logits;
     float *att;                      // attention's per-split partial results
     float *scores;                   // a prompt's attention scores [heads][T][keys], if they fit 1 GB
@@ -678,26 +680,30 @@ static void short_conv(Gpu *gp, int T, int K, Convs cs) {
 /* One GEMV launch: as many blocks as fit on the GPU at once (fewer if there are fewer rows;
    HLA_CUDA_GEMV_BLOCKS=n: at most n per multiprocessor). */
 typedef void (*GemvKernel)(GemvJobs, const float *, Prologue, int, int);
-static void gemv_launch(Gpu *gp, GemvKernel kernel, const GemvJobs &js, const float *x, Prologue p, int cols, int rows, size_t smem) {
-    int per_sm = 0;
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, GEMV_WARPS * 32, smem));
+// xs_bytes: the input row's shared memory; ring_bytes: a warp's ring (0: none, odd widths)
+static void gemv_launch(Gpu *gp, GemvKernel kernel, const GemvJobs &js, const float *x, Prologue p, int cols, int rows, size_t xs_bytes,
+                        size_t ring_bytes) {
+    int warps = GEMV_WARPS, per_sm = 0;
+    while (warps > 1 && xs_bytes + warps * ring_bytes > gp->gemv_smem_max) warps--; // (gemv_reserve_smem: one fits)
+    size_t smem = xs_bytes + warps * ring_bytes;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, warps * 32, smem));
     if (per_sm < 1) per_sm = 1;
     if (gp->gemv_blocks_per_sm > 0 && gp->gemv_blocks_per_sm < per_sm) per_sm = gp->gemv_blocks_per_sm;
-    int blocks = (rows + GEMV_WARPS - 1) / GEMV_WARPS, fit = per_sm * gp->n_sms;
-    launch(gp, kernel, dim3(blocks < fit ? blocks : fit), dim3(GEMV_WARPS * 32), smem, js, x, p, cols, rows);
+    int blocks = (rows + warps - 1) / warps, fit = per_sm * gp->n_sms;
+    launch(gp, kernel, dim3(blocks < fit ? blocks : fit), dim3(warps * 32), smem, js, x, p, cols, rows);
 }
 
-// raise the GEMVs' 48 KB default of shared memory to what inputs of up to `cols` floats need
-// (the input row and the warps' rings); false if that is more than a block may have
-static bool gemv_reserve_smem(size_t cols) {
+// let the GEMVs have all the shared memory a block may (the 48 KB default is too little for
+// the rings); false if inputs of `cols` floats leave no room for even one warp's ring
+static bool gemv_reserve_smem(Gpu *gp, size_t cols) {
     int smem_max = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
-    size_t smem = (cols + 32 * 16) * sizeof(float) + GEMV_RING_BYTES + GEMV_SCALE_RING_BYTES; // + xs_index's padding
-    if (smem > (size_t)smem_max) return false;
-    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_F32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_F16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_Q8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    gp->gemv_smem_max = (size_t)smem_max;
+    if ((cols + 32 * 16) * sizeof(float) + GEMV_WARP_RING_BYTES(1) > (size_t)smem_max) return false; // (+ xs_index's padding)
+    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_F32>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max));
+    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_F16>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max));
+    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max));
+    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_Q8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max));
     return true;
 }
 
@@ -721,14 +727,14 @@ static void matmul(Gpu *gp, const float *x, int cols, Prologue p, int T, GemvJob
             if (!js.n) continue;
             js.first_row[js.n] = rows;
             size_t esize = dt == DTYPE_F32 ? 4 : dt == DTYPE_Q8 ? 1 : 2, chunks = cols * esize / 16; // xs_index's layout:
-            size_t smem = cols * esize % 16 ? cols * sizeof(float) // x, then the rings
-                                            : (chunks + 31) / 32 * 32 * (16 / esize) * sizeof(float) + GEMV_RING_BYTES // (whole 32-chunk blocks)
-                                                  + (dt == DTYPE_Q8 ? GEMV_SCALE_RING_BYTES : 0);
+            bool whole = cols * esize % 16 == 0; // rows of whole 16-byte chunks: x in whole 32-chunk blocks, then the rings
+            size_t xs = whole ? (chunks + 31) / 32 * 32 * (16 / esize) * sizeof(float) : cols * sizeof(float);
+            size_t ring = whole ? GEMV_WARP_RING_BYTES(dt == DTYPE_Q8) : 0;
             switch (dt) {
-            case DTYPE_F32: gemv_launch(gp, gemv_kernel<DTYPE_F32>, js, x, p, cols, rows, smem); break;
-            case DTYPE_F16: gemv_launch(gp, gemv_kernel<DTYPE_F16>, js, x, p, cols, rows, smem); break;
-            case DTYPE_BF16: gemv_launch(gp, gemv_kernel<DTYPE_BF16>, js, x, p, cols, rows, smem); break;
-            default: gemv_launch(gp, gemv_kernel<DTYPE_Q8>, js, x, p, cols, rows, smem); break;
+            case DTYPE_F32: gemv_launch(gp, gemv_kernel<DTYPE_F32>, js, x, p, cols, rows, xs, ring); break;
+            case DTYPE_F16: gemv_launch(gp, gemv_kernel<DTYPE_F16>, js, x, p, cols, rows, xs, ring); break;
+            case DTYPE_BF16: gemv_launch(gp, gemv_kernel<DTYPE_BF16>, js, x, p, cols, rows, xs, ring); break;
+            default: gemv_launch(gp, gemv_kernel<DTYPE_Q8>, js, x, p, cols, rows, xs, ring); break;
             }
             LAUNCH_CHECK();
         }
@@ -1670,7 +1676,7 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     gp->final_norm = on_device(gp, m, m->final_norm);
     if (m->rope_inv_freq_attn) gp->rope_inv_freq_attn = upload(m->rope_inv_freq_attn, (size_t)c->attn_head_dim / 2);
     if (m->rope_inv_freq_retnet) gp->rope_inv_freq_retnet = upload(m->rope_inv_freq_retnet, (size_t)c->lin_head_k_dim / 2);
-    if (!gemv_reserve_smem(largest_cols)) fatal("%s: a matrix with %zu columns is too wide for the cuda backend", m->path, largest_cols);
+    if (!gemv_reserve_smem(gp, largest_cols)) fatal("%s: a matrix with %zu columns is too wide for the cuda backend", m->path, largest_cols);
 
     // states and caches, laid out as run.c's
     gp->kv_capacity = c->attn_window > 0 && c->attn_window + GPU_MAX_BATCH < ctx ? c->attn_window + GPU_MAX_BATCH : ctx;

@@ -33,7 +33,7 @@ int main(int argc, char **argv) {
     CUDA_CHECK(cudaStreamCreate(&gp->stream));
     CUDA_CHECK(cudaDeviceGetAttribute(&gp->n_sms, cudaDevAttrMultiProcessorCount, 0));
     gp->gemv_blocks_per_sm = env_int("HLA_CUDA_GEMV_BLOCKS");
-    if (!gemv_reserve_smem(5632)) fatal("gemv_bench: the rings do not fit in shared memory");
+    if (!gemv_reserve_smem(gp, 5632)) fatal("gemv_bench: the rings do not fit in shared memory");
     Shape shapes[] = {{"in_proj 8204x2048 rms", 8204, 2048, 0, NORM_RMS, DTYPE_BF16}, {"gate_up 2x5632x2048 rms", 5632, 2048, 1, NORM_RMS, DTYPE_BF16},
                       {"down 2048x5632", 2048, 5632, 0, NORM_NONE, DTYPE_BF16}, {"o_proj 2048x4096 group", 2048, 4096, 0, NORM_GROUP, DTYPE_BF16},
                       {"o_proj 2048x2048 group", 2048, 2048, 0, NORM_GROUP, DTYPE_BF16},
