@@ -435,7 +435,7 @@ template <int DTYPE> __global__ void gemv_kernel(GemvJobs jobs, const float *x, 
     if (n_chunks) next = st.start(first);
     // the weights above need nothing from the kernel before this one (see launch()), x does
     wait_for_inputs();
-    prologue_row(xs, x, p.gate, p, cols, st.n_chunks ? GemvStream<DTYPE>::PER_CHUNK : 0);
+    prologue_row(xs, x, p.gate, p, cols, n_chunks ? GemvStream<DTYPE>::PER_CHUNK : 0);
     __syncthreads();
     if (n_chunks) { st.run(first, next, xs); return; }
     for (int row = first.row; row < n_rows; row += st.n_warps) { // odd widths (tiny test models)

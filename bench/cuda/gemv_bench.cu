@@ -27,6 +27,41 @@ struct Shape { const char *name; int rows, cols, glu, norm, dtype; };
 
 static int env_int(const char *name) { const char *v = getenv(name); return v ? atoi(v) : 0; }
 
+static float *x, *y, *y2, *normw, *gate, *scales; // inputs and outputs, zeros: only the time is of interest
+
+static size_t shape_bytes(const Shape &s) {
+    size_t esize = s.dtype == DTYPE_F32 ? 4 : s.dtype == DTYPE_Q8 ? 1 : 2;
+    return (size_t)s.rows * s.cols * esize * (s.glu ? 2 : 1);
+}
+
+// one product of the shape with the matrices at w (GLU: the up matrix in the second half), as a decode step's
+static void product(Gpu *gp, const Shape &s, uint8_t *w) {
+    GemvJob jobs[2] = {{{w, scales, s.dtype, s.rows, s.cols}, y, s.glu ? OUT_GLU : OUT_STORE},
+                       {{w + shape_bytes(s) / 2, scales, s.dtype, s.rows, s.cols}, y2, OUT_STORE}};
+    Prologue p = s.norm == NORM_RMS ? rms(normw, 1e-6f) : s.norm == NORM_GROUP ? group_norm(normw, gate, 512, 1e-6f) : Prologue{NORM_NONE};
+    matmul(gp, x, s.cols, p, 1, jobs, s.glu ? 2 : 1);
+}
+
+// the best of reps - 1 timings (the first is a warm-up) of what issue() puts on the stream, in ms
+template <typename F> static float best_ms(Gpu *gp, int reps, F issue) {
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0));
+    CUDA_CHECK(cudaEventCreate(&e1));
+    float best = 1e30f;
+    for (int rep = 0; rep < reps; rep++) {
+        CUDA_CHECK(cudaEventRecord(e0, gp->stream));
+        issue();
+        CUDA_CHECK(cudaEventRecord(e1, gp->stream));
+        CUDA_CHECK(cudaEventSynchronize(e1));
+        float ms;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        if (rep && ms < best) best = ms;
+    }
+    CUDA_CHECK(cudaEventDestroy(e0));
+    CUDA_CHECK(cudaEventDestroy(e1));
+    return best;
+}
+
 int main(int argc, char **argv) {
     Gpu gpv = {};
     Gpu *gp = &gpv;
@@ -40,19 +75,16 @@ int main(int argc, char **argv) {
                       {"in_proj no-norm", 8204, 2048, 0, NORM_NONE, DTYPE_BF16}, {"o_proj no-norm", 2048, 4096, 0, NORM_NONE, DTYPE_BF16},
                       {"gate_up q8", 5632, 2048, 1, NORM_RMS, DTYPE_Q8}, {"down q8", 2048, 5632, 0, NORM_NONE, DTYPE_Q8},
                       {"gate_up fp32", 5632, 2048, 1, NORM_RMS, DTYPE_F32}, {"down fp32", 2048, 5632, 0, NORM_NONE, DTYPE_F32}};
-    float *x, *y, *y2, *normw, *gate, *scales;
     CUDA_CHECK(cudaMalloc(&x, 8192 * 4)); CUDA_CHECK(cudaMalloc(&normw, 8192 * 4)); CUDA_CHECK(cudaMalloc(&gate, 8192 * 4));
     CUDA_CHECK(cudaMalloc(&y, 16384 * 4)); CUDA_CHECK(cudaMalloc(&y2, 16384 * 4));
     CUDA_CHECK(cudaMalloc(&scales, (size_t)5632 * 2048 / 64 * 4)); CUDA_CHECK(cudaMemset(scales, 0, (size_t)5632 * 2048 / 64 * 4));
     CUDA_CHECK(cudaMemset(x, 0, 8192 * 4)); CUDA_CHECK(cudaMemset(normw, 0, 8192 * 4)); CUDA_CHECK(cudaMemset(gate, 0, 8192 * 4));
 
     const int NB = 24, ITER = 96;
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0); cudaEventCreate(&e1);
     if (argc > 1 && !strcmp(argv[1], "chain")) {
         const Shape layer[] = {shapes[0], shapes[3], shapes[1], shapes[2]};
         size_t layer_bytes = 0, off[4];
-        for (int i = 0; i < 4; i++) { off[i] = layer_bytes; layer_bytes += (size_t)layer[i].rows * layer[i].cols * 2 * (layer[i].glu ? 2 : 1); }
+        for (int i = 0; i < 4; i++) { off[i] = layer_bytes; layer_bytes += shape_bytes(layer[i]); }
         uint8_t *buf;
         CUDA_CHECK(cudaMalloc(&buf, layer_bytes * NB));
         CUDA_CHECK(cudaMemset(buf, 0, layer_bytes * NB));
@@ -61,32 +93,16 @@ int main(int argc, char **argv) {
         cudaGraphExec_t ge;
         CUDA_CHECK(cudaStreamBeginCapture(gp->stream, cudaStreamCaptureModeThreadLocal));
         for (int l = 0; l < NB; l++)
-            for (int i = 0; i < 4; i++) {
-                const Shape &s = layer[i];
-                uint8_t *w = buf + l * layer_bytes + off[i];
-                size_t half = (size_t)s.rows * s.cols * 2;
-                GemvJob jobs[2] = {{{w, scales, s.dtype, s.rows, s.cols}, y, s.glu ? OUT_GLU : OUT_STORE}, {{w + half, scales, s.dtype, s.rows, s.cols}, y2, OUT_STORE}};
-                Prologue p = s.norm == NORM_RMS ? rms(normw, 1e-6f) : s.norm == NORM_GROUP ? group_norm(normw, gate, 512, 1e-6f) : Prologue{NORM_NONE};
-                matmul(gp, x, s.cols, p, 1, jobs, s.glu ? 2 : 1);
-            }
+            for (int i = 0; i < 4; i++) product(gp, layer[i], buf + l * layer_bytes + off[i]);
         CUDA_CHECK(cudaStreamEndCapture(gp->stream, &g));
         CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
-        float best = 1e30f;
-        for (int rep = 0; rep < 8; rep++) {
-            CUDA_CHECK(cudaEventRecord(e0, gp->stream));
-            CUDA_CHECK(cudaGraphLaunch(ge, gp->stream));
-            CUDA_CHECK(cudaEventRecord(e1, gp->stream));
-            CUDA_CHECK(cudaEventSynchronize(e1));
-            float ms; cudaEventElapsedTime(&ms, e0, e1);
-            if (rep && ms < best) best = ms;
-        }
+        float best = best_ms(gp, 8, [&] { CUDA_CHECK(cudaGraphLaunch(ge, gp->stream)); });
         printf("chain warps=%d stages=%d unroll=%d blocks=%d: %.1f us a layer, %.0f GB/s\n", GEMV_WARPS, GEMV_STAGES, GEMV_UNROLL, gp->gemv_blocks_per_sm,
                best * 1e3 / NB, layer_bytes * NB / (best * 1e-3) / 1e9);
         return 0;
     }
     for (const Shape &s : shapes) {
-        size_t esize = s.dtype == DTYPE_F32 ? 4 : s.dtype == DTYPE_Q8 ? 1 : 2;
-        size_t bytes = (size_t)s.rows * s.cols * esize * (s.glu ? 2 : 1);
+        size_t bytes = shape_bytes(s);
         uint8_t *buf;
         CUDA_CHECK(cudaMalloc(&buf, bytes * NB));
         CUDA_CHECK(cudaMemset(buf, 0, bytes * NB));
@@ -95,14 +111,8 @@ int main(int argc, char **argv) {
             gp->dependent_now = mode == 1 || mode == 2;
             auto one = [&](int i) {
                 uint8_t *w = buf + (size_t)(i % NB) * bytes;
-                if (is_read) { launch(gp, read_kernel, dim3(gp->n_sms * 8), dim3(256), 0, (const int4 *)w, bytes / 16, y); return; }
-                GemvJob jobs[2];
-                Matrix m0 = {w, scales, s.dtype, s.rows, s.cols}, m1 = {w + bytes / 2, scales, s.dtype, s.rows, s.cols};
-                int n = 1;
-                jobs[0] = {m0, y, s.glu ? OUT_GLU : OUT_STORE};
-                if (s.glu) { jobs[1] = {m1, y2, OUT_STORE}; n = 2; }
-                Prologue p = s.norm == NORM_RMS ? rms(normw, 1e-6f) : s.norm == NORM_GROUP ? group_norm(normw, gate, 512, 1e-6f) : Prologue{NORM_NONE};
-                matmul(gp, x, s.cols, p, 1, jobs, n);
+                if (is_read) launch(gp, read_kernel, dim3(gp->n_sms * 8), dim3(256), 0, (const int4 *)w, bytes / 16, y);
+                else product(gp, s, w);
             };
             cudaGraphExec_t ge = nullptr;
             if (graph) {
@@ -112,16 +122,10 @@ int main(int argc, char **argv) {
                 CUDA_CHECK(cudaStreamEndCapture(gp->stream, &g));
                 CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
             }
-            float best = 1e30f;
-            for (int rep = 0; rep < 5; rep++) {
-                CUDA_CHECK(cudaEventRecord(e0, gp->stream));
+            float best = best_ms(gp, 5, [&] {
                 if (graph) CUDA_CHECK(cudaGraphLaunch(ge, gp->stream));
                 else for (int i = 0; i < ITER; i++) one(i);
-                CUDA_CHECK(cudaEventRecord(e1, gp->stream));
-                CUDA_CHECK(cudaEventSynchronize(e1));
-                float ms; cudaEventElapsedTime(&ms, e0, e1);
-                if (rep && ms < best) best = ms;
-            }
+            });
             static const char *names[] = {"gemv plain", "gemv graph+pdl", "read graph+pdl", "gemv graph"};
             double us = best * 1e3 / ITER;
             printf("%-26s %-16s %6.1f MB %7.2f us %7.0f GB/s\n", s.name, names[mode], bytes / 1e6, us, bytes / us / 1e3);
