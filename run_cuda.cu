@@ -696,14 +696,18 @@ static void gemv_launch(Gpu *gp, GemvKernel kernel, const GemvJobs &js, const fl
 // let the GEMVs have all the shared memory a block may (the 48 KB default is too little for
 // the rings); false if inputs of `cols` floats leave no room for even one warp's ring
 static bool gemv_reserve_smem(Gpu *gp, size_t cols) {
-    int smem_max = 0;
-    CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
-    gp->gemv_smem_max = (size_t)smem_max;
-    if ((cols + 32 * 16) * sizeof(float) + GEMV_WARP_RING_BYTES(1) > (size_t)smem_max) return false; // (+ xs_index's padding)
-    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_F32>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max));
-    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_F16>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max));
-    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max));
-    CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<DTYPE_Q8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max));
+    int optin = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
+    GemvKernel kernels[] = {gemv_kernel<DTYPE_F32>, gemv_kernel<DTYPE_F16>, gemv_kernel<DTYPE_BF16>, gemv_kernel<DTYPE_Q8>};
+    size_t static_max = 0; // the kernels' own __shared__ (block_sum's) comes out of the same budget
+    for (GemvKernel k : kernels) {
+        cudaFuncAttributes fa;
+        CUDA_CHECK(cudaFuncGetAttributes(&fa, k));
+        if (fa.sharedSizeBytes > static_max) static_max = fa.sharedSizeBytes;
+    }
+    gp->gemv_smem_max = (size_t)optin - static_max;
+    if ((cols + 32 * 16) * sizeof(float) + GEMV_WARP_RING_BYTES(1) > gp->gemv_smem_max) return false; // (+ xs_index's padding)
+    for (GemvKernel k : kernels) CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gp->gemv_smem_max));
     return true;
 }
 

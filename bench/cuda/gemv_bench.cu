@@ -5,7 +5,8 @@
    timing, best of 4: launched one by one, captured in a graph, and in a graph as programmatic
    dependents (as in a decode step). Weights and x are zeros: only the time is of interest.
    `gemv_bench chain`: instead, 24 layers of a 1.3B GatedDeltaNet layer's four products in turn
-   (in_proj, o_proj, gate_up, down: 120 MB a layer), as one graph of dependents, with the
+   (in_proj, o_proj 2048x2048 with its group norm over heads of 256, gate_up, down: 111 MB a layer;
+   120 MB with a 2048x4096 o_proj before 2026-12-01's fifth session), as one graph of dependents, with the
    HLA_CUDA_GEMV_BLOCKS setting of run_cuda.cu.
    Results: bench/cuda/gemv_experiments_h200.log. */
 #include "../../run_cuda.cu"
@@ -23,7 +24,7 @@ __global__ void read_kernel(const int4 *w, size_t n, float *out) {
     if (s == 0x12345678) out[0] = 1.0f;
 }
 
-struct Shape { const char *name; int rows, cols, glu, norm, dtype; };
+struct Shape { const char *name; int rows, cols, glu, norm, dtype, group = 0, gated = 1; }; // group: NORM_GROUP's (gated: with silu(gate))
 
 static int env_int(const char *name) { const char *v = getenv(name); return v ? atoi(v) : 0; }
 
@@ -38,7 +39,7 @@ static size_t shape_bytes(const Shape &s) {
 static void product(Gpu *gp, const Shape &s, uint8_t *w) {
     GemvJob jobs[2] = {{{w, scales, s.dtype, s.rows, s.cols}, y, s.glu ? OUT_GLU : OUT_STORE},
                        {{w + shape_bytes(s) / 2, scales, s.dtype, s.rows, s.cols}, y2, OUT_STORE}};
-    Prologue p = s.norm == NORM_RMS ? rms(normw, 1e-6f) : s.norm == NORM_GROUP ? group_norm(normw, gate, 512, 1e-6f) : Prologue{NORM_NONE};
+    Prologue p = s.norm == NORM_RMS ? rms(normw, 1e-6f) : s.norm == NORM_GROUP ? group_norm(normw, s.gated ? gate : nullptr, s.group, 1e-6f) : Prologue{NORM_NONE};
     matmul(gp, x, s.cols, p, 1, jobs, s.glu ? 2 : 1);
 }
 
@@ -70,8 +71,10 @@ int main(int argc, char **argv) {
     gp->gemv_blocks_per_sm = env_int("HLA_CUDA_GEMV_BLOCKS");
     if (!gemv_reserve_smem(gp, 5632)) fatal("gemv_bench: the rings do not fit in shared memory");
     Shape shapes[] = {{"in_proj 8204x2048 rms", 8204, 2048, 0, NORM_RMS, DTYPE_BF16}, {"gate_up 2x5632x2048 rms", 5632, 2048, 1, NORM_RMS, DTYPE_BF16},
-                      {"down 2048x5632", 2048, 5632, 0, NORM_NONE, DTYPE_BF16}, {"o_proj 2048x4096 group", 2048, 4096, 0, NORM_GROUP, DTYPE_BF16},
-                      {"o_proj 2048x2048 group", 2048, 2048, 0, NORM_GROUP, DTYPE_BF16},
+                      {"down 2048x5632", 2048, 5632, 0, NORM_NONE, DTYPE_BF16}, {"o_proj 2048x2048 group", 2048, 2048, 0, NORM_GROUP, DTYPE_BF16, 256},
+                      {"o_proj 2048x4096 group", 2048, 4096, 0, NORM_GROUP, DTYPE_BF16, 512},
+                      {"o_proj 2048x2048 group ungated", 2048, 2048, 0, NORM_GROUP, DTYPE_BF16, 256, 0},
+                      {"o_proj 2048x2048 rms", 2048, 2048, 0, NORM_RMS, DTYPE_BF16}, {"o_proj 2048x2048 no-norm", 2048, 2048, 0, NORM_NONE, DTYPE_BF16},
                       {"in_proj no-norm", 8204, 2048, 0, NORM_NONE, DTYPE_BF16}, {"o_proj no-norm", 2048, 4096, 0, NORM_NONE, DTYPE_BF16},
                       {"gate_up q8", 5632, 2048, 1, NORM_RMS, DTYPE_Q8}, {"down q8", 2048, 5632, 0, NORM_NONE, DTYPE_Q8},
                       {"gate_up fp32", 5632, 2048, 1, NORM_RMS, DTYPE_F32}, {"down fp32", 2048, 5632, 0, NORM_NONE, DTYPE_F32}};
