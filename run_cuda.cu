@@ -253,19 +253,12 @@ struct GemvJobs { GemvJob job[MAX_GEMV_JOBS]; int n, first_row[MAX_GEMV_JOBS + 1
 
 // 16 bytes of a row (4, 8 or 16 weights of the dtype) times the matching x: its float4 pieces
 // xq[0], xq[32], ... (xs_index)
-template <int DTYPE> __device__ static float chunk_dot(int4 v, const float4 *xq) {
+template <int DTYPE> __device__ static float chunk_dot(int4 v, const float4 *xq) { // fp32, fp16, bf16
     float s = 0.0f;
     if (DTYPE == DTYPE_F32) {
         float4 x = xq[0];
         const float *f = (const float *)&v;
         s = f[0] * x.x + f[1] * x.y + f[2] * x.z + f[3] * x.w;
-    } else if (DTYPE == DTYPE_Q8) {
-        const int8_t *b = (const int8_t *)&v;
-#pragma unroll
-        for (int h = 0; h < 4; h++) {
-            float4 x = xq[32 * h];
-            s += (float)b[4 * h] * x.x + (float)b[4 * h + 1] * x.y + (float)b[4 * h + 2] * x.z + (float)b[4 * h + 3] * x.w;
-        }
     } else {
         float4 x0 = xq[0], x1 = xq[32];
         float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
@@ -276,6 +269,50 @@ template <int DTYPE> __device__ static float chunk_dot(int4 v, const float4 *xq)
         }
     }
     return s;
+}
+
+/* q8 rows take x in int16 as run.c's do (quantize_x: each group of 64 rounded with a scale of
+   its own, |x_q| <= 32767, round half to even, a group that is not finite gets a NaN scale and
+   zeros), written once per block after the prologue: 16 weights times their 16 x_q are then 8
+   dp2a instructions summed exactly in int32 (16 int8 -> float conversions and 16 FMAs before,
+   which held the q8 products under half the read rate), and scaled once per chunk by the
+   weights' and x's group scales. x_q is laid out as xs_index's float4 pieces: per 32 chunks,
+   the chunks' first 8 values (16 bytes each), then their last 8. */
+__device__ static void quantize_xs(int4 *xq, float *x_scale, const float *xs, int n_chunks) {
+    int n_groups = n_chunks / 4, sub = threadIdx.x & 15, per_round = blockDim.x / 16;
+    for (int g0 = 0; g0 < n_groups; g0 += per_round) { // 16 threads a group (chunks 4g..4g+3), 4 values each
+        int g = g0 + threadIdx.x / 16, i = Q8_GROUP * g + 4 * sub, c = i / 16, e = i % 16;
+        float4 v = g < n_groups ? *(const float4 *)(xs + xs_index(i, 16)) : make_float4(0, 0, 0, 0);
+        int bad = !(fabsf(v.x) <= FLT_MAX && fabsf(v.y) <= FLT_MAX && fabsf(v.z) <= FLT_MAX && fabsf(v.w) <= FLT_MAX); // inf, NaN
+        float max = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+        for (int o = 8; o > 0; o >>= 1) { // over the group's 16 threads
+            bad |= __shfl_xor_sync(0xffffffffu, bad, o);
+            max = fmaxf(max, __shfl_xor_sync(0xffffffffu, max, o));
+        }
+        if (g >= n_groups) continue;
+        float inv = !bad && max > 0.0f ? 32767.0f / max : 0.0f;
+        if (sub == 0) x_scale[g] = bad ? NAN : max / 32767.0f;
+        auto q = [&](float a) { return (short)(bad ? 0 : __float2int_rn(fminf(fmaxf(a * inv, -32767.0f), 32767.0f))); };
+        ((short4 *)(xq + ((c / 32) * 2 + e / 8) * 32 + c % 32))[(e % 8) / 4] = make_short4(q(v.x), q(v.y), q(v.z), q(v.w));
+    }
+}
+// 16 q8 weights (v) times their x_q (xq[0]: values 0-7, xq[32]: 8-15), exactly
+__device__ static int chunk_dot_q8(int4 v, const int4 *xq) {
+    int4 x0 = xq[0], x1 = xq[32];
+    int s = __dp2a_lo(x0.x, v.x, 0); // x0 w0 + x1 w1 (weight bytes 0, 1 of v.x)
+    s = __dp2a_hi(x0.y, v.x, s);     // x2 w2 + x3 w3 (bytes 2, 3)
+    s = __dp2a_lo(x0.z, v.y, s);
+    s = __dp2a_hi(x0.w, v.y, s);
+    s = __dp2a_lo(x1.x, v.z, s);
+    s = __dp2a_hi(x1.y, v.z, s);
+    s = __dp2a_lo(x1.z, v.w, s);
+    return __dp2a_hi(x1.w, v.w, s);
+}
+// shared memory before a GEMV block's rings, in bytes: x as floats in xs_index's layout (whole blocks
+// of 32 chunks), and for q8 x_q and its group scales after them
+__host__ __device__ static size_t gemv_x_bytes(int dtype, int n_chunks) {
+    size_t blocks32 = (n_chunks + 31) / 32, per_chunk = dtype == DTYPE_F32 ? 4 : dtype == DTYPE_Q8 ? 16 : 8;
+    return blocks32 * 32 * per_chunk * sizeof(float) + (dtype == DTYPE_Q8 ? blocks32 * (32 * 32 + 8 * sizeof(float)) : 0);
 }
 
 /* All rows of one launch share the input x, so every row is the same number of 16-byte
@@ -338,6 +375,8 @@ template <int DTYPE> struct GemvStream {
     int n_chunks, n_rows, n_warps, lane;
     int4 *ring;         // this warp's: [GEMV_STAGES][GEMV_UNROLL][32 lanes]
     float *scale_ring;  // q8: the scales of those chunks, in the same layout
+    const int4 *xq;     // q8: x in int16 (quantize_xs)
+    const float *x_scale;
     // the job and its row r that a cursor is in
     __device__ int job_of(const GemvCursor &at, int *r) const {
         int j = 0;
@@ -378,10 +417,10 @@ template <int DTYPE> struct GemvStream {
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) {
             int c = at.base + lane + 32 * u, at_slot = (slot * GEMV_UNROLL + u) * 32 + lane;
-            if (c < n_chunks) {
-                float part = chunk_dot<DTYPE>(ring[at_slot], (const float4 *)xs + (c / 32) * 32 * (PER_CHUNK / 4) + c % 32);
-                s += DTYPE == DTYPE_Q8 ? part * scale_ring[at_slot] : part;
-            }
+            if (c < n_chunks && DTYPE == DTYPE_Q8)
+                s += (float)chunk_dot_q8(ring[at_slot], xq + (c / 32) * 64 + c % 32) * (scale_ring[at_slot] * x_scale[c / 4]);
+            else if (c < n_chunks)
+                s += chunk_dot<DTYPE>(ring[at_slot], (const float4 *)xs + (c / 32) * 32 * (PER_CHUNK / 4) + c % 32);
         }
         if (at.base + 32 * GEMV_UNROLL < n_chunks) return; // the unit goes on in the next batch
         float y = warp_sum(s);
@@ -426,17 +465,22 @@ template <int DTYPE> __global__ void gemv_kernel(GemvJobs jobs, const float *x, 
     int esize = DTYPE == DTYPE_F32 ? 4 : DTYPE == DTYPE_Q8 ? 1 : 2, row_bytes = cols * esize;
     int n_chunks = row_bytes % 16 == 0 ? row_bytes / 16 : 0, warp = threadIdx.x >> 5;
     int xs_floats = (n_chunks + 31) / 32 * 32 * GemvStream<DTYPE>::PER_CHUNK; // (whole 32-chunk blocks: xs_index)
-    int4 *rings = (int4 *)(xs + xs_floats);
+    int4 *xq = (int4 *)(xs + xs_floats), *rings = (int4 *)((uint8_t *)xs + gemv_x_bytes(DTYPE, n_chunks));
+    float *x_scale = (float *)(xq + (n_chunks + 31) / 32 * 64);
     int warps = blockDim.x >> 5, per_warp = GEMV_STAGES * GEMV_UNROLL * 32;
     float *scale_rings = (float *)(rings + warps * per_warp); // (q8 only)
     GemvStream<DTYPE> st{jobs, n_chunks, n_rows, (int)gridDim.x * warps, (int)threadIdx.x & 31, rings + warp * per_warp,
-                         scale_rings + warp * per_warp};
+                         scale_rings + warp * per_warp, xq, x_scale};
     GemvCursor first = {(int)(blockIdx.x * warps + warp), 0, 0}, next = first;
     if (n_chunks) next = st.start(first);
     // the weights above need nothing from the kernel before this one (see launch()), x does
     wait_for_inputs();
     prologue_row(xs, x, p.gate, p, cols, n_chunks ? GemvStream<DTYPE>::PER_CHUNK : 0);
     __syncthreads();
+    if (DTYPE == DTYPE_Q8 && n_chunks) {
+        quantize_xs(xq, x_scale, xs, n_chunks);
+        __syncthreads();
+    }
     if (n_chunks) { st.run(first, next, xs); return; }
     for (int row = first.row; row < n_rows; row += st.n_warps) { // odd widths (tiny test models)
         int j = 0;
@@ -706,7 +750,7 @@ static bool gemv_reserve_smem(Gpu *gp, size_t cols) {
         if (fa.sharedSizeBytes > static_max) static_max = fa.sharedSizeBytes;
     }
     gp->gemv_smem_max = (size_t)optin - static_max;
-    if ((cols + 32 * 16) * sizeof(float) + GEMV_WARP_RING_BYTES(1) > gp->gemv_smem_max) return false; // (+ xs_index's padding)
+    if (gemv_x_bytes(DTYPE_Q8, (int)((cols + 15) / 16)) + GEMV_WARP_RING_BYTES(1) > gp->gemv_smem_max) return false; // (q8's is the most)
     for (GemvKernel k : kernels) CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gp->gemv_smem_max));
     return true;
 }
@@ -730,9 +774,9 @@ static void matmul(Gpu *gp, const float *x, int cols, Prologue p, int T, GemvJob
             }
             if (!js.n) continue;
             js.first_row[js.n] = rows;
-            size_t esize = dt == DTYPE_F32 ? 4 : dt == DTYPE_Q8 ? 1 : 2, chunks = cols * esize / 16; // xs_index's layout:
+            size_t esize = dt == DTYPE_F32 ? 4 : dt == DTYPE_Q8 ? 1 : 2, chunks = cols * esize / 16;
             bool whole = cols * esize % 16 == 0; // rows of whole 16-byte chunks: x in whole 32-chunk blocks, then the rings
-            size_t xs = whole ? (chunks + 31) / 32 * 32 * (16 / esize) * sizeof(float) : cols * sizeof(float);
+            size_t xs = whole ? gemv_x_bytes(dt, (int)chunks) : cols * sizeof(float);
             size_t ring = whole ? GEMV_WARP_RING_BYTES(dt == DTYPE_Q8) : 0;
             switch (dt) {
             case DTYPE_F32: gemv_launch(gp, gemv_kernel<DTYPE_F32>, js, x, p, cols, rows, xs, ring); break;

@@ -139,12 +139,13 @@ def random_paper_model(name, dtype, tmp_path):
 def test_cpu_and_cuda_agree_at_paper_shape(name, tmp_path):
     """every kind in the paper's 6:1 hybrid at 340M (the Transformer pure): with fp32 weights
     both GPU paths equal the CPU to fp32 rounding; with bf16 weights the one-token path too,
-    while the prompt path rounds its activations to bf16 for the tensor cores (measured
-    and bounded here, relative to the largest logit)"""
+    and with q8 within x's int16 rounding (per group of 64 on both: 1e-4 to 1.3e-3 measured),
+    while the prompt path rounds its activations to bf16 for the tensor cores (measured and bounded
+    here, relative to the largest logit)"""
     rng = np.random.default_rng(2)
     tokens = rng.integers(3, 32000, 40).tolist()
     rels = {}
-    for dtype in ("fp32", "bf16"):
+    for dtype in ("fp32", "bf16", "q8"):
         model = random_paper_model(name, dtype, tmp_path)
         cpu = logits(RUN, model, tokens, tmp_path)
         for flags in ([], ["--one-by-one"]):
@@ -153,8 +154,10 @@ def test_cpu_and_cuda_agree_at_paper_shape(name, tmp_path):
             print(f"{name} {dtype} {'one-by-one' if flags else 'prompt'}: max|cuda - cpu| / max|cpu| = {rel:.2e}")
         model.unlink()
     for (dtype, one_by_one), rel in rels.items():
-        if dtype == "bf16" and not one_by_one:  # bf16 activations: only where rounding is not amplified 10^4 times
+        if dtype != "fp32" and not one_by_one:  # bf16 activations: only where rounding is not amplified 10^4 times
             assert name in FP32_REL or rel <= 2e-1, (dtype, one_by_one, rel)
+        elif dtype == "q8":  # x's int16 rounding flips where the norms before it round differently
+            assert rel <= max(FP32_REL.get(name, 0), 3e-3), (dtype, one_by_one, rel)
         else:
             assert rel <= FP32_REL.get(name, 1e-4), (dtype, one_by_one, rel)
 
