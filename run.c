@@ -1364,20 +1364,48 @@ static void l2norm(float *x, int n) {
    independent: the threads take a share of them each, walking all T tokens. */
 typedef struct { float *x; int T; size_t stride; int channels; float *cache; const float *w; int K, use_silu; } ConvJob;
 
+static void conv_channel(const ConvJob *j, int c) {
+    int K = j->K;
+    float *hist = j->cache + (size_t)c * (K - 1);
+    const float *wc = j->w + (size_t)c * K;
+    for (int t = 0; t < j->T; t++) {
+        float *xtc = j->x + (size_t)t * j->stride + c;
+        float y = wc[K - 1] * *xtc;
+        for (int i = 0; i < K - 1; i++) y += wc[i] * hist[i];
+        for (int i = 0; i + 1 < K - 1; i++) hist[i] = hist[i + 1];
+        if (K > 1) hist[K - 2] = *xtc;
+        *xtc = j->use_silu ? silu(y) : y;
+    }
+}
+/* The same for VEC_FLOATS neighbouring channels at once, their weights and histories held as
+   vectors (one token's channels are adjacent in x; walking one channel down the tokens
+   touched a new cache line per token, all in one L1 set when rows are 4 KB apart), silu by
+   vexp. A channel is always in the same kind of block, so a prompt and its tokens one by one
+   agree. (GatedDeltaNet 340M, 512-token prompt: the convolutions were 4.3% of its time.) */
+static void conv_block(const ConvJob *j, int c0) {
+    int K = j->K;
+    vfloat w[64], hist[64]; // K <= 64 (load_model)
+    for (int i = 0; i < K; i++)
+        for (int l = 0; l < VEC_FLOATS; l++) w[i][l] = j->w[(size_t)(c0 + l) * K + i];
+    for (int i = 0; i < K - 1; i++)
+        for (int l = 0; l < VEC_FLOATS; l++) hist[i][l] = j->cache[(size_t)(c0 + l) * (K - 1) + i];
+    for (int t = 0; t < j->T; t++) {
+        float *xt = j->x + (size_t)t * j->stride + c0;
+        vfloat x = vload(xt), y = w[K - 1] * x;
+        for (int i = 0; i < K - 1; i++) y += w[i] * hist[i];
+        for (int i = 0; i + 1 < K - 1; i++) hist[i] = hist[i + 1];
+        if (K > 1) hist[K - 2] = x;
+        vstore(xt, j->use_silu ? y / (1.0f + vexp(-y)) : y);
+    }
+    for (int i = 0; i < K - 1; i++)
+        for (int l = 0; l < VEC_FLOATS; l++) j->cache[(size_t)(c0 + l) * (K - 1) + i] = hist[i][l];
+}
+// the threads take whole blocks of VEC_FLOATS channels, then a share of the channels past them
 static void short_conv_channels(void *arg, int thread, int nt) {
     const ConvJob *j = arg;
-    int K = j->K;
-    for (int c = (int)((long)j->channels * thread / nt); c < (int)((long)j->channels * (thread + 1) / nt); c++) {
-        float *hist = j->cache + (size_t)c * (K - 1);
-        const float *wc = j->w + (size_t)c * K;
-        for (int t = 0; t < j->T; t++) {
-            float *xtc = j->x + (size_t)t * j->stride + c;
-            float y = wc[K - 1] * *xtc;
-            for (int i = 0; i < K - 1; i++) y += wc[i] * hist[i];
-            if (K > 1) { memmove(hist, hist + 1, sizeof(float) * (K - 2)); hist[K - 2] = *xtc; }
-            *xtc = j->use_silu ? silu(y) : y;
-        }
-    }
+    int blocks = j->channels / VEC_FLOATS, rest = j->channels - blocks * VEC_FLOATS;
+    for (int b = (int)((long)blocks * thread / nt); b < (int)((long)blocks * (thread + 1) / nt); b++) conv_block(j, b * VEC_FLOATS);
+    for (int c = blocks * VEC_FLOATS + rest * thread / nt; c < blocks * VEC_FLOATS + rest * (thread + 1) / nt; c++) conv_channel(j, c);
 }
 
 static void short_conv(float *x, int T, size_t stride, int channels, float *cache, const float *w, int K, int use_silu) {
