@@ -1125,6 +1125,28 @@ static vfloat vexp(vfloat x) {
     return p * (vfloat)((ni + 127) << 23);
 }
 
+/* log(1 + e^-z) for z >= 0, a vector at a time (the gates' logsigmoid and logaddexp):
+   e = vexp(-z), u = 1 + e in (1, 2], log1p(e) = log(u) e / (u - 1) (exact where u rounds to
+   1: then e), and log(u) as Cephes' logf: u = m 2^n with m < sqrt(2), log(m) = log(1 + x) by
+   its polynomial in x = m - 1. Within a few ulp of log1pf(expf(-z)). */
+static vfloat vlog1p_exp_neg(vfloat z) {
+    vfloat e = vexp(-z), u = 1.0f + e;
+    vint big = u > 1.41421356f;
+    vfloat zero = {0}, m = vselect(big, u * 0.5f, u), n = vselect(big, zero + 1.0f, zero);
+    vfloat x = m - 1.0f, x2 = x * x;
+    vfloat y = ((((((((7.0376836292E-2f * x - 1.1514610310E-1f) * x + 1.1676998740E-1f) * x - 1.2420140846E-1f) * x +
+                    1.4249322787E-1f) * x - 1.6668057665E-1f) * x + 2.0000714765E-1f) * x - 2.4999993993E-1f) * x +
+               3.3333331174E-1f) * x * x2;
+    vfloat log_u = x + (y - 2.12194440e-4f * n - 0.5f * x2) + 0.693359375f * n;
+    vfloat d = u - 1.0f;
+    return vselect(d == zero, e, log_u * (e / vselect(d == zero, zero + 1.0f, d)));
+}
+static vfloat vabs(vfloat x) { return (vfloat)((vint)x & 0x7fffffff); }
+static vfloat vmax(vfloat a, vfloat b) { return vselect(a > b, a, b); }
+// logsigmoid(x) = min(x, 0) - log(1 + e^-|x|) and logaddexp(a, b) = max(a, b) + log(1 + e^-|a - b|), as below
+static vfloat vlogsigmoid(vfloat x) { vfloat zero = {0}; return vselect(x < zero, x, zero) - vlog1p_exp_neg(vabs(x)); }
+static vfloat vlogaddexp(vfloat a, vfloat b) { return vmax(a, b) + vlog1p_exp_neg(vabs(a - b)); }
+
 // x [T][cols] -> per group of TILE_TOKENS tokens, [cols][TILE_TOKENS] (tokens past T: 0);
 // 64 columns at a time, each token's read in order (a column of x walked down would touch
 // a new cache line per token, all of them in one L1 set when rows are 4 KB apart)
@@ -1651,12 +1673,22 @@ static void hgrn2_gates(void *arg, int thread, int nt) {
     RunState *s = jb->s;
     int F = jb->m->c.lin_q_heads * jb->m->c.lin_head_k_dim;
     float scale = 1.0f / sqrtf((float)jb->m->c.lin_head_k_dim);
-    size_t n = (size_t)jb->T * F;
-    for (size_t i = n * thread / nt; i < n * (thread + 1) / nt; i++) {
+    size_t n = (size_t)jb->T * F, step = F % VEC_FLOATS ? 1 : VEC_FLOATS; // the threads take whole vectors
+    for (size_t b = n / step * thread / nt; b < n / step * (thread + 1) / nt; b++) {
+        size_t i = b * step;
         int d = (int)(i % F);
-        s->a[i] = expf(log_forget_gate(w, jb->layer, d, s->f[i]));
-        s->k[i] = 1.0f - s->a[i];
-        s->q[i] = silu(s->q[i]) * scale;
+        if (step == 1) {
+            s->a[i] = expf(log_forget_gate(w, jb->layer, d, s->f[i]));
+            s->k[i] = 1.0f - s->a[i];
+            s->q[i] = silu(s->q[i]) * scale;
+            continue;
+        }
+        vfloat log_g = vlogsigmoid(vload(s->f + i)), q = vload(s->q + i); // the same, VEC_FLOATS channels at a time
+        if (w->lower_bound && jb->layer > 0) log_g = vlogaddexp(vload(w->log_lower_bound + d), vload(w->log1m_lower_bound + d) + log_g);
+        vfloat a = vexp(log_g);
+        vstore(s->a + i, a);
+        vstore(s->k + i, 1.0f - a);
+        vstore(s->q + i, q / (1.0f + vexp(-q)) * scale);
     }
 }
 
@@ -1746,11 +1778,13 @@ static void gla_gates(void *arg, int thread, int nt) {
     float scale = 1.0f / sqrtf((float)dk);
     for (int t = (int)((long)jb->T * thread / nt); t < (int)((long)jb->T * (thread + 1) / nt); t++) {
         float *qt = s->q + (size_t)t * Dq, *kt = s->k + (size_t)t * Dk, *gk = s->f + (size_t)t * Dk;
-        for (int d = 0; d < Dk; d++) {
-            float log_a = logsigmoid(gk[d] + w->gk_bias[d]) / c->gate_normalizer;
-            gk[d] = expf(fmaxf(log_a, c->clamp_min));
-            kt[d] = apply_feature_map(c->feature_map, kt[d]);
+        int d = 0;
+        for (; d + VEC_FLOATS <= Dk; d += VEC_FLOATS) { // the loop below, VEC_FLOATS channels at a time
+            vfloat log_a = vlogsigmoid(vload(gk + d) + vload(w->gk_bias + d)) / c->gate_normalizer;
+            vstore(gk + d, vexp(vmax(log_a, (vfloat){0} + c->clamp_min)));
         }
+        for (; d < Dk; d++) gk[d] = expf(fmaxf(logsigmoid(gk[d] + w->gk_bias[d]) / c->gate_normalizer, c->clamp_min));
+        for (d = 0; d < Dk; d++) kt[d] = apply_feature_map(c->feature_map, kt[d]);
         for (int d = 0; d < Dq; d++) qt[d] = apply_feature_map(c->feature_map, qt[d]) * scale;
     }
 }
