@@ -1632,13 +1632,29 @@ static void hgrn_channels(void *arg, int thread, int nt) {
     const RunState *s = jb->s;
     int I = jb->m->c.lin_head_v_dim;
     float *h = jb->ls->state;
-    for (int d = (int)((long)I * thread / nt); d < (int)((long)I * (thread + 1) / nt); d++)
+    int step = I % VEC_FLOATS ? 1 : VEC_FLOATS, n = I / step; // the threads take whole vectors
+    for (int b = (int)((long)n * thread / nt); b < (int)((long)n * (thread + 1) / nt); b++) {
+        int d = b * step;
+        if (step == 1) {
+            for (int t = 0; t < jb->T; t++) {
+                size_t i = (size_t)t * I + d;
+                float g = expf(log_forget_gate(w, jb->layer, d, s->f[i]));
+                h[d] = g * h[d] + silu(s->q[i]) * (1.0f - g);  // h_t = g h_{t-1} + (1-g) silu(i)
+                s->o[i] = h[d];
+            }
+            continue;
+        }
+        vfloat hv = vload(h + d); // the same for VEC_FLOATS channels at a time
         for (int t = 0; t < jb->T; t++) {
             size_t i = (size_t)t * I + d;
-            float g = expf(log_forget_gate(w, jb->layer, d, s->f[i]));
-            h[d] = g * h[d] + silu(s->q[i]) * (1.0f - g);  // h_t = g h_{t-1} + (1-g) silu(i)
-            s->o[i] = h[d];
+            vfloat log_g = vlogsigmoid(vload(s->f + i)), x = vload(s->q + i);
+            if (w->lower_bound && jb->layer > 0) log_g = vlogaddexp(vload(w->log_lower_bound + d), vload(w->log1m_lower_bound + d) + log_g);
+            vfloat g = vexp(log_g);
+            hv = g * hv + x / (1.0f + vexp(-x)) * (1.0f - g);
+            vstore(s->o + i, hv);
         }
+        vstore(h + d, hv);
+    }
 }
 
 static void hgrn_layer(const Model *m, const LayerWeights *w, LayerState *ls, RunState *s, int T, int layer, float *out) {
