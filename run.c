@@ -1146,6 +1146,7 @@ static vfloat vmax(vfloat a, vfloat b) { return vselect(a > b, a, b); }
 // logsigmoid(x) = min(x, 0) - log(1 + e^-|x|) and logaddexp(a, b) = max(a, b) + log(1 + e^-|a - b|), as below
 static vfloat vlogsigmoid(vfloat x) { vfloat zero = {0}; return vselect(x < zero, x, zero) - vlog1p_exp_neg(vabs(x)); }
 static vfloat vlogaddexp(vfloat a, vfloat b) { return vmax(a, b) + vlog1p_exp_neg(vabs(a - b)); }
+static vfloat vsilu(vfloat x) { return x / (1.0f + vexp(-x)); }
 
 // x [T][cols] -> per group of TILE_TOKENS tokens, [cols][TILE_TOKENS] (tokens past T: 0);
 // 64 columns at a time, each token's read in order (a column of x walked down would touch
@@ -1417,7 +1418,7 @@ static void conv_block(const ConvJob *j, int c0) {
         for (int i = 0; i < K - 1; i++) y += w[i] * hist[i];
         for (int i = 0; i + 1 < K - 1; i++) hist[i] = hist[i + 1];
         if (K > 1) hist[K - 2] = x;
-        vstore(xt, j->use_silu ? y / (1.0f + vexp(-y)) : y);
+        vstore(xt, j->use_silu ? vsilu(y) : y);
     }
     for (int i = 0; i < K - 1; i++)
         for (int l = 0; l < VEC_FLOATS; l++) j->cache[(size_t)(c0 + l) * (K - 1) + i] = hist[i][l];
@@ -1616,6 +1617,12 @@ static float log_forget_gate(const LayerWeights *w, int layer, int d, float f) {
     if (w->lower_bound && layer > 0) log_g = logaddexp(w->log_lower_bound[d], w->log1m_lower_bound[d] + log_g);
     return log_g;
 }
+// the same for VEC_FLOATS channels from d
+static vfloat vlog_forget_gate(const LayerWeights *w, int layer, int d, vfloat f) {
+    vfloat log_g = vlogsigmoid(f);
+    if (w->lower_bound && layer > 0) log_g = vlogaddexp(vload(w->log_lower_bound + d), vload(w->log1m_lower_bound + d) + log_g);
+    return log_g;
+}
 
 // a share of a linear layer's state rows (or channels, or tokens) for one batch of T tokens (run_parallel)
 typedef struct { const Model *m; const LayerWeights *w; LayerState *ls; RunState *s; int T, layer; } RowsJob;
@@ -1647,10 +1654,8 @@ static void hgrn_channels(void *arg, int thread, int nt) {
         vfloat hv = vload(h + d); // the same for VEC_FLOATS channels at a time
         for (int t = 0; t < jb->T; t++) {
             size_t i = (size_t)t * I + d;
-            vfloat log_g = vlogsigmoid(vload(s->f + i)), x = vload(s->q + i);
-            if (w->lower_bound && jb->layer > 0) log_g = vlogaddexp(vload(w->log_lower_bound + d), vload(w->log1m_lower_bound + d) + log_g);
-            vfloat g = vexp(log_g);
-            hv = g * hv + x / (1.0f + vexp(-x)) * (1.0f - g);
+            vfloat g = vexp(vlog_forget_gate(w, jb->layer, d, vload(s->f + i))), x = vload(s->q + i);
+            hv = g * hv + vsilu(x) * (1.0f - g);
             vstore(s->o + i, hv);
         }
         vstore(h + d, hv);
@@ -1699,12 +1704,10 @@ static void hgrn2_gates(void *arg, int thread, int nt) {
             s->q[i] = silu(s->q[i]) * scale;
             continue;
         }
-        vfloat log_g = vlogsigmoid(vload(s->f + i)), q = vload(s->q + i); // the same, VEC_FLOATS channels at a time
-        if (w->lower_bound && jb->layer > 0) log_g = vlogaddexp(vload(w->log_lower_bound + d), vload(w->log1m_lower_bound + d) + log_g);
-        vfloat a = vexp(log_g);
+        vfloat a = vexp(vlog_forget_gate(w, jb->layer, d, vload(s->f + i))), q = vload(s->q + i); // the same, a vector at a time
         vstore(s->a + i, a);
         vstore(s->k + i, 1.0f - a);
-        vstore(s->q + i, q / (1.0f + vexp(-q)) * scale);
+        vstore(s->q + i, vsilu(q) * scale);
     }
 }
 
@@ -1992,7 +1995,7 @@ static void glu_share(void *arg, int thread, int nt) { // gate = silu(gate) * up
     size_t i = g->n * thread / nt / VEC_FLOATS * VEC_FLOATS, end = thread == nt - 1 ? g->n : g->n * (thread + 1) / nt / VEC_FLOATS * VEC_FLOATS;
     for (; i + VEC_FLOATS <= end; i += VEC_FLOATS) { // silu(x) = x / (1 + e^-x), a vector at a time
         vfloat x = vload(g->gate + i);
-        vstore(g->gate + i, x / (1.0f + vexp(-x)) * vload(g->up + i));
+        vstore(g->gate + i, vsilu(x) * vload(g->up + i));
     }
     for (; i < end; i++) g->gate[i] = silu(g->gate[i]) * g->up[i];
 }
