@@ -551,12 +551,11 @@ __global__ void conv_cache_kernel(float *cache, const float *x, int T, int chann
     for (int j = 0; j < K - 1; j++) cache[(size_t)c * (K - 1) + j] = hist[j];
 }
 
-// RoPE (rotate half) of one head's pair (i, i + d/2) at position p
-__device__ static void rope_pair(float *xh, int i, int half, int p, const float *inv_freq) {
-    float angle = (float)p * inv_freq[i], c = cosf(angle), s = sinf(angle);
-    float x1 = xh[i], x2 = xh[i + half];
-    xh[i] = x1 * c - x2 * s;
-    xh[i + half] = x1 * s + x2 * c;
+// RoPE (rotate half) of one head's pair (x1, x2) = (x_i, x_{i + d/2}) at position p
+__device__ static void rope_rotate(float &x1, float &x2, int i, int p, const float *inv_freq) {
+    float angle = (float)p * inv_freq[i], c = cosf(angle), s = sinf(angle), r1 = x1 * c - x2 * s;
+    x2 = x1 * s + x2 * c;
+    x1 = r1;
 }
 
 // ----------------------------------------------------------------------------
@@ -577,6 +576,7 @@ struct Gpu {
     size_t gemv_smem_max;            // shared memory a GEMV block may have (gemv_reserve_smem)
     float *x, *xb, *q, *k, *v, *g, *f, *a, *b, *o, *low_rank, *hb, *hb2, *logits;
     float *att;                      // attention's per-split partial results
+    int *att_done;                   // per query head: how many of a decoded token's splits have finished
     float *scores;                   // a prompt's attention scores [heads][T][keys], if they fit 1 GB
     int step_pos;                    // first position of the step being run (host copy)
     size_t proj;                     // row length of q/k/v/g/f/a/o
@@ -841,105 +841,171 @@ static Prologue group_norm(const float *w, const float *gate, int group, float e
 // the recurrence kernel, the output norm inside the o_proj product.
 
 /* Softmax attention (run.c's attention_layer): q, k = RoPE(W x); append k, v to the cache;
-   o = softmax(q . k_j / sqrt(d)) v over the window. One block per (token, query head); its
-   warps take every 8th key with an online softmax (running max and sum), then combine. */
+   o = softmax(q . k_j / sqrt(d)) v over the window. Blocks per (token, query head), each a
+   range of the keys with an online softmax (running max and sum), merged at the end. */
 __global__ void attention_prep_kernel(float *q, float *k, float *v, const float *q_bias, const float *k_bias, const float *v_bias,
                                       float *key_cache, float *value_cache, const int *pos, int nq, int nkv, int hd, int cap,
                                       const float *inv_freq) {
     wait_for_inputs();
-    int t = blockIdx.x, p = *pos + t, half = hd / 2;
-    size_t qd = (size_t)nq * hd, kvd = (size_t)nkv * hd;
-    float *qt = q + t * qd, *kt = k + t * kvd, *vt = v + t * kvd;
-    __syncthreads();
-    for (size_t i = threadIdx.x; i < qd && q_bias; i += blockDim.x) qt[i] += q_bias[i];
-    for (size_t i = threadIdx.x; i < kvd; i += blockDim.x) {
-        if (k_bias) kt[i] += k_bias[i];
-        if (v_bias) vt[i] += v_bias[i];
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < nq * half; i += blockDim.x) rope_pair(qt + (size_t)(i / half) * hd, i % half, half, p, inv_freq);
-    for (int i = threadIdx.x; i < nkv * half; i += blockDim.x) rope_pair(kt + (size_t)(i / half) * hd, i % half, half, p, inv_freq);
-    __syncthreads();
-    for (size_t i = threadIdx.x; i < kvd; i += blockDim.x) {
-        key_cache[(size_t)(p % cap) * kvd + i] = kt[i];
-        value_cache[(size_t)(p % cap) * kvd + i] = vt[i];
-    }
+    // a thread per rotation pair (i, i + hd/2) of one of token t's query heads, then key heads
+    int t = blockIdx.y, p = *pos + t, half = hd / 2, pair = blockIdx.x * blockDim.x + threadIdx.x, head = pair / half, i = pair % half;
+    if (head >= nq + nkv) return;
+    size_t qd = (size_t)nq * hd, kvd = (size_t)nkv * hd, col = (size_t)(head < nq ? head : head - nq) * hd + i;
+    float *x = head < nq ? q + t * qd : k + t * kvd;
+    const float *bias = head < nq ? q_bias : k_bias;
+    float x1 = x[col], x2 = x[col + half];
+    if (bias) x1 += bias[col], x2 += bias[col + half];
+    rope_rotate(x1, x2, i, p, inv_freq);
+    x[col] = x1, x[col + half] = x2;
+    if (head < nq) return;
+    float *vt = v + t * kvd, v1 = vt[col], v2 = vt[col + half];
+    if (v_bias) v1 += v_bias[col], v2 += v_bias[col + half];
+    size_t row = (size_t)(p % cap) * kvd;
+    key_cache[row + col] = x1, key_cache[row + col + half] = x2;
+    value_cache[row + col] = v1, value_cache[row + col + half] = v2;
 }
 
 #define ATT_WARPS 8
-#define ATT_SPLITS 64    // key ranges per (token, head) for one decoded token, combined after
+#define ATT_SPLITS 32    // key ranges per (token, head) for one decoded token, merged after
+#define ATT_UNROLL 4     // key rows a lane group loads at once (keys and values all requested before any is used)
 #define MAX_HEAD_DIM 256
-#define HPL (MAX_HEAD_DIM / 32)
-/* Block (t, h, split) takes its share of the keys; its warps take every ATT_WARPS-th key,
-   two at a time, with an online softmax (running max m, sum l, weighted values acc); the
-   block's result (m, l, acc) goes to `partial` and attention_combine_kernel merges the splits. */
-__global__ void attention_kernel(float *partial, const float *q, const float *key_cache, const float *value_cache, const int *pos,
-                                 int nq, int nkv, int hd, int window, int cap) {
+static_assert(ATT_SPLITS <= ATT_WARPS * 32, "attention_merge: a thread per split");
+// W floats a lane loads at a time: float4 when the head dimension allows it
+template <int W> struct Floats { float v[W]; };
+template <int W> __device__ static Floats<W> load_floats(const float *p) {
+    Floats<W> r;
+    if constexpr (W == 4) {
+        float4 f = *reinterpret_cast<const float4 *>(p);
+        r.v[0] = f.x, r.v[1] = f.y, r.v[2] = f.z, r.v[3] = f.w;
+    } else {
+        r.v[0] = *p;
+    }
+    return r;
+}
+// o = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M) over the splits s of a (t, h), by one block
+// (n_splits <= blockDim): thread s takes split s's (m, l), then each thread a column's sum over
+// the splits, its loads unrolled to be in flight together (through L2: other blocks wrote them)
+__device__ static void attention_merge(float *o, const float *part, int n_splits, int hd) {
+    __shared__ float weight[ATT_SPLITS];
+    int s = threadIdx.x;
+    float m = s < n_splits ? __ldcg(part + s * (MAX_HEAD_DIM + 2)) : -INFINITY, M = block_max(m);
+    float w = m == -INFINITY ? 0.0f : expf(m - M), L = block_sum(s < n_splits ? w * __ldcg(part + s * (MAX_HEAD_DIM + 2) + 1) : 0.0f);
+    if (s < n_splits) weight[s] = w;
+    __syncthreads();
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.0f;
+#pragma unroll 16
+        for (int i = 0; i < n_splits; i++) acc += weight[i] * __ldcg(part + i * (MAX_HEAD_DIM + 2) + 2 + d);
+        o[d] = acc / L;
+    }
+}
+
+/* Block (t, h, split) takes its share of the keys. A key row is read by a group of L lanes
+   (L = hd / W rounded up to a power of two, at most 32; each lane W floats at a time, CH
+   times), so a warp reads 32 / L keys side by side and ATT_UNROLL such rows of keys and of
+   values at once before using any: the loads of a decoded token's cache, the one large
+   read of an attention layer, are all in flight together. The warp's keys fold into an
+   online softmax (running max m, sum l, weighted values acc, the same in every lane); the
+   lane groups' acc are summed at the end, the warps' through shared memory. One split
+   (a prompt's tokens): the block writes o. Several (a decoded token): each block's
+   (m, l, acc) goes to `partial`, and the last block of the (t, h) to finish merges them. */
+template <int W, int CH>
+__global__ void attention_kernel(float *o, float *partial, int *done, const float *q, const float *key_cache, const float *value_cache,
+                                 const int *pos, int nq, int nkv, int hd, int window, int cap) {
     wait_for_inputs();
     int t = blockIdx.x, h = blockIdx.y, split = blockIdx.z, n_splits = gridDim.z, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int p = *pos + t, first = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0, kvh = h / (nq / nkv);
     int chunk = (p - first + n_splits) / n_splits, lo = first + split * chunk, hi = min(p + 1, lo + chunk);
+    int L = 1;
+    while (L < 32 && L * W * CH < hd) L *= 2;
+    int group = lane / L, gl = lane % L, keys_per_row = 32 / L, step = ATT_UNROLL * keys_per_row;
     size_t kvd = (size_t)nkv * hd;
     float scale = 1.0f / sqrtf((float)hd);
     const float *qh = q + (size_t)t * nq * hd + (size_t)h * hd;
-    float qr[HPL], acc[HPL];
+    Floats<W> qr[CH], acc[CH];
 #pragma unroll
-    for (int i = 0; i < HPL; i++) { int d = lane + 32 * i; qr[i] = d < hd ? qh[d] * scale : 0.0f; acc[i] = 0.0f; }
+    for (int c = 0; c < CH; c++) {
+        int d = (c * L + gl) * W;
+#pragma unroll
+        for (int w = 0; w < W; w++) { qr[c].v[w] = d < hd ? qh[d + w] * scale : 0.0f; acc[c].v[w] = 0.0f; }
+    }
     float m = -INFINITY, l = 0.0f;
-    for (int j0 = lo + warp; j0 < hi; j0 += 2 * ATT_WARPS) {
-        int j1 = j0 + ATT_WARPS, has1 = j1 < hi;
-        const float *k0 = key_cache + (size_t)(j0 % cap) * kvd + (size_t)kvh * hd, *k1 = key_cache + (size_t)((has1 ? j1 : j0) % cap) * kvd + (size_t)kvh * hd;
-        float s0 = 0.0f, s1 = 0.0f;
+    for (int j0 = lo + warp * step; j0 < hi; j0 += ATT_WARPS * step) {
+        Floats<W> kr[ATT_UNROLL][CH], vr[ATT_UNROLL][CH];
 #pragma unroll
-        for (int i = 0; i < HPL; i++) { int d = lane + 32 * i; if (d < hd) { s0 += qr[i] * k0[d]; s1 += qr[i] * k1[d]; } }
-        for (int o = 16; o > 0; o >>= 1) { s0 += __shfl_xor_sync(0xffffffffu, s0, o); s1 += __shfl_xor_sync(0xffffffffu, s1, o); }
-        float m_new = fmaxf(m, has1 ? fmaxf(s0, s1) : s0), c = expf(m - m_new), e0 = expf(s0 - m_new), e1 = has1 ? expf(s1 - m_new) : 0.0f;
-        l = l * c + e0 + e1;
-        const float *v0 = value_cache + (size_t)(j0 % cap) * kvd + (size_t)kvh * hd, *v1 = value_cache + (size_t)((has1 ? j1 : j0) % cap) * kvd + (size_t)kvh * hd;
+        for (int u = 0; u < ATT_UNROLL; u++) {
+            int j = min(j0 + u * keys_per_row + group, hi - 1);
+            size_t row = (size_t)(j % cap) * kvd + (size_t)kvh * hd;
 #pragma unroll
-        for (int i = 0; i < HPL; i++) { int d = lane + 32 * i; if (d < hd) acc[i] = acc[i] * c + e0 * v0[d] + e1 * v1[d]; }
+            for (int c = 0; c < CH; c++) {
+                int d = (c * L + gl) * W;
+                if (d < hd) kr[u][c] = load_floats<W>(key_cache + row + d), vr[u][c] = load_floats<W>(value_cache + row + d);
+                else kr[u][c] = vr[u][c] = Floats<W>{};
+            }
+        }
+        float s[ATT_UNROLL], mx = -INFINITY;
+#pragma unroll
+        for (int u = 0; u < ATT_UNROLL; u++) {
+            s[u] = 0.0f;
+#pragma unroll
+            for (int c = 0; c < CH; c++)
+#pragma unroll
+                for (int w = 0; w < W; w++) s[u] += qr[c].v[w] * kr[u][c].v[w];
+            for (int o = L / 2; o > 0; o >>= 1) s[u] += __shfl_xor_sync(0xffffffffu, s[u], o);
+            if (j0 + u * keys_per_row + group >= hi) s[u] = -INFINITY;
+            mx = fmaxf(mx, s[u]);
+        }
+        float m_new = fmaxf(m, warp_max(mx)), c_old = expf(m - m_new), e_sum = 0.0f;
+#pragma unroll
+        for (int u = 0; u < ATT_UNROLL; u++) s[u] = expf(s[u] - m_new), e_sum += s[u];
+        for (int o = L; o < 32; o <<= 1) e_sum += __shfl_xor_sync(0xffffffffu, e_sum, o);
+        l = l * c_old + e_sum;
+#pragma unroll
+        for (int c = 0; c < CH; c++)
+#pragma unroll
+            for (int w = 0; w < W; w++) {
+                float a = acc[c].v[w] * c_old;
+#pragma unroll
+                for (int u = 0; u < ATT_UNROLL; u++) a += s[u] * vr[u][c].v[w];
+                acc[c].v[w] = a;
+            }
         m = m_new;
     }
     __shared__ float ms[ATT_WARPS], ls[ATT_WARPS], out[ATT_WARPS][MAX_HEAD_DIM];
     if (lane == 0) { ms[warp] = m; ls[warp] = l; }
 #pragma unroll
-    for (int i = 0; i < HPL; i++) { int d = lane + 32 * i; if (d < hd) out[warp][d] = acc[i]; }
+    for (int c = 0; c < CH; c++)
+#pragma unroll
+        for (int w = 0; w < W; w++) {
+            float a = acc[c].v[w];
+            for (int o = L; o < 32; o <<= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+            int d = (c * L + gl) * W + w;
+            if (group == 0 && d < hd) out[warp][d] = a;
+        }
     __syncthreads();
-    float M = ms[0];
-    for (int w = 1; w < ATT_WARPS; w++) M = fmaxf(M, ms[w]);
-    float *res = partial + (((size_t)t * nq + h) * n_splits + split) * (MAX_HEAD_DIM + 2);
+    float m_max = ms[0], l_sum = 0.0f;
+    for (int w = 1; w < ATT_WARPS; w++) m_max = fmaxf(m_max, ms[w]);
+    for (int w = 0; w < ATT_WARPS; w++) if (ms[w] != -INFINITY) l_sum += ls[w] * expf(ms[w] - m_max);
+    float *o_th = o + (size_t)t * nq * hd + (size_t)h * hd, *part = partial + ((size_t)t * nq + h) * n_splits * (MAX_HEAD_DIM + 2);
+    float *res = part + split * (MAX_HEAD_DIM + 2);
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float s = 0.0f;
-        for (int w = 0; w < ATT_WARPS; w++) if (ms[w] != -INFINITY) s += out[w][d] * expf(ms[w] - M);
-        res[2 + d] = s;
+        for (int w = 0; w < ATT_WARPS; w++) if (ms[w] != -INFINITY) s += out[w][d] * expf(ms[w] - m_max);
+        if (n_splits == 1) o_th[d] = s / l_sum;
+        else res[2 + d] = s;
     }
-    if (threadIdx.x == 0) {
-        float L = 0.0f;
-        for (int w = 0; w < ATT_WARPS; w++) if (ms[w] != -INFINITY) L += ls[w] * expf(ms[w] - M);
-        res[0] = M;
-        res[1] = L;
-    }
-}
-
-// o = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M) over the splits of (t, h)
-__global__ void attention_combine_kernel(float *o, const float *partial, int nq, int hd, int n_splits) {
-    wait_for_inputs();
-    int t = blockIdx.x, h = blockIdx.y;
-    const float *part = partial + ((size_t)t * nq + h) * n_splits * (MAX_HEAD_DIM + 2);
-    float M = -INFINITY, L = 0.0f;
-    for (int s = 0; s < n_splits; s++) M = fmaxf(M, part[s * (MAX_HEAD_DIM + 2)]);
-    for (int s = 0; s < n_splits; s++) {
-        float ms = part[s * (MAX_HEAD_DIM + 2)];
-        if (ms != -INFINITY) L += part[s * (MAX_HEAD_DIM + 2) + 1] * expf(ms - M);
-    }
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int s = 0; s < n_splits; s++) {
-            float ms = part[s * (MAX_HEAD_DIM + 2)];
-            if (ms != -INFINITY) acc += part[s * (MAX_HEAD_DIM + 2) + 2 + d] * expf(ms - M);
-        }
-        o[(size_t)t * nq * hd + (size_t)h * hd + d] = acc / L;
-    }
+    if (n_splits == 1) return;
+    if (threadIdx.x == 0) res[0] = m_max, res[1] = l_sum;
+    // the last of the (t, h)'s blocks to finish merges the splits (and resets the count)
+    __shared__ int is_last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(&done[t * nq + h], 1) == n_splits - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    attention_merge(o_th, part, n_splits, hd);
+    if (threadIdx.x == 0) done[t * nq + h] = 0;
 }
 
 /* A prompt's attention as matrix products (when the keys sit in cache rows 0..pos+T-1 and the
@@ -981,20 +1047,21 @@ static void attention_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     GemvJob in[3] = {{w->q_proj, gp->q, OUT_STORE}, {w->k_proj, gp->k, OUT_STORE}, {w->v_proj, gp->v, OUT_STORE}};
     matmul(gp, gp->x, c->dim, rms(w->attn_norm, c->norm_eps), T, in, 3);
     mark(gp, "projections");
-    launch(gp, attention_prep_kernel, dim3(T), dim3(256), 0, gp->q, gp->k, gp->v, w->q_bias, w->k_bias, w->v_bias, gp->key_cache[l],
-                                                       gp->value_cache[l], gp->pos_dev, nq, nkv, hd, gp->kv_capacity, gp->rope_inv_freq_attn);
+    launch(gp, attention_prep_kernel, dim3(((nq + nkv) * hd / 2 + 255) / 256, T), dim3(256), 0, gp->q, gp->k, gp->v, w->q_bias, w->k_bias,
+           w->v_bias, gp->key_cache[l], gp->value_cache[l], gp->pos_dev, nq, nkv, hd, gp->kv_capacity, gp->rope_inv_freq_attn);
     LAUNCH_CHECK();
     if (T > 1 && gp->scores && gp->step_pos + T <= gp->kv_capacity) {
         attention_gemm(gp, l, T);
+        mark(gp, "attention");
     } else {
         int splits = T == 1 ? ATT_SPLITS : 1; // one token: spread its keys over more blocks
-        launch(gp, attention_kernel, dim3(T, nq, splits), dim3(ATT_WARPS * 32), 0, gp->att, gp->q, gp->key_cache[l], gp->value_cache[l],
-                                                                                  gp->pos_dev, nq, nkv, hd, c->attn_window, gp->kv_capacity);
-        launch(gp, attention_combine_kernel, dim3(T, nq), dim3(128), 0, gp->o, gp->att, nq, hd, splits);
+        auto kernel = hd % 4 ? attention_kernel<1, MAX_HEAD_DIM / 32> : hd > 128 ? attention_kernel<4, 2> : attention_kernel<4, 1>;
+        launch(gp, kernel, dim3(T, nq, splits), dim3(ATT_WARPS * 32), 0, gp->o, gp->att, gp->att_done, gp->q, gp->key_cache[l],
+                                                                        gp->value_cache[l], gp->pos_dev, nq, nkv, hd, c->attn_window, gp->kv_capacity);
         LAUNCH_CHECK();
+        mark(gp, "attention");
     }
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
-    mark(gp, "attention");
     matmul(gp, gp->o, nq * hd, Prologue{NORM_NONE}, T, &out, 1);
     mark(gp, "projections");
 }
@@ -1361,16 +1428,15 @@ static void gla_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
 __global__ void retnet_prep_kernel(float *q, float *k, float *decay, const int *pos, int nq, int nk, int dk, int fmap,
                                    const float *inv_freq) {
     wait_for_inputs();
-    int t = blockIdx.x, half = dk / 2, p = *pos + t;
-    float *qt = q + (size_t)t * nq * dk, *kt = k + (size_t)t * nk * dk;
-    for (int i = threadIdx.x; i < nq * dk; i += blockDim.x) {
-        qt[i] = apply_feature_map(fmap, qt[i]);
-        decay[(size_t)t * nq * dk + i] = 1.0f - exp2f(-5.0f - (float)(i / dk));
-    }
-    for (int i = threadIdx.x; i < nk * dk; i += blockDim.x) kt[i] = apply_feature_map(fmap, kt[i]);
-    __syncthreads();
-    for (int i = threadIdx.x; i < nq * half; i += blockDim.x) rope_pair(qt + (size_t)(i / half) * dk, i % half, half, p, inv_freq);
-    for (int i = threadIdx.x; i < nk * half; i += blockDim.x) rope_pair(kt + (size_t)(i / half) * dk, i % half, half, p, inv_freq);
+    // a thread per rotation pair (i, i + dk/2) of one of token t's query heads, then key heads
+    int t = blockIdx.y, p = *pos + t, half = dk / 2, pair = blockIdx.x * blockDim.x + threadIdx.x, head = pair / half, i = pair % half;
+    if (head >= nq + nk) return;
+    size_t col = (size_t)(head < nq ? head : head - nq) * dk + i;
+    float *x = head < nq ? q + (size_t)t * nq * dk : k + (size_t)t * nk * dk;
+    float x1 = apply_feature_map(fmap, x[col]), x2 = apply_feature_map(fmap, x[col + half]);
+    rope_rotate(x1, x2, i, p, inv_freq);
+    x[col] = x1, x[col + half] = x2;
+    if (head < nq) decay[(size_t)t * nq * dk + col] = decay[(size_t)t * nq * dk + col + half] = 1.0f - exp2f(-5.0f - (float)head);
 }
 
 static void retnet_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
@@ -1380,7 +1446,8 @@ static void retnet_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     GemvJob in[4] = {{w->q_proj, gp->q, OUT_STORE}, {w->k_proj, gp->k, OUT_STORE}, {w->v_proj, gp->v, OUT_STORE}, {w->g_proj, gp->g, OUT_STORE}};
     matmul(gp, gp->x, c->dim, rms(w->attn_norm, c->norm_eps), T, in, w->g_proj.data ? 4 : 3);
     mark(gp, "projections");
-    launch(gp, retnet_prep_kernel, dim3(T), dim3(256), 0, gp->q, gp->k, gp->a, gp->pos_dev, nq, nk, dk, c->feature_map, gp->rope_inv_freq_retnet);
+    launch(gp, retnet_prep_kernel, dim3(((nq + nk) * dk / 2 + 255) / 256, T), dim3(256), 0, gp->q, gp->k, gp->a, gp->pos_dev, nq, nk, dk,
+           c->feature_map, gp->rope_inv_freq_retnet);
     LAUNCH_CHECK();
     ScanArgs s = {gp->state[l], gp->q, gp->k, gp->v, gp->a, gp->o, T, nq, dk, dv, nq / nk, 1,
                   (size_t)Dq, (size_t)Dk, (size_t)Dv, (size_t)Dq, (size_t)Do, 1.0f / sqrtf((float)dk)};
@@ -1760,7 +1827,8 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     gp->logits = zeros(B * c->vocab_size);
     size_t score_floats = B * (size_t)c->attn_heads * gp->kv_capacity;
     if (c->attn_heads > 0 && score_floats * sizeof(float) <= (1u << 30)) gp->scores = zeros(score_floats);
-    gp->att = zeros((B > ATT_SPLITS ? B : ATT_SPLITS) * (size_t)(c->attn_heads > 0 ? c->attn_heads : 1) * (MAX_HEAD_DIM + 2));
+    gp->att = zeros(ATT_SPLITS * (size_t)(c->attn_heads > 0 ? c->attn_heads : 1) * (MAX_HEAD_DIM + 2));
+    gp->att_done = reinterpret_cast<int *>(zeros(c->attn_heads > 0 ? c->attn_heads : 1));
     gp->x16_elems = B * proj;
     CUDA_CHECK(cudaMalloc(&gp->x16, gp->x16_elems * 2));
     gp->w16_elems = w16;

@@ -162,6 +162,23 @@ def test_cpu_and_cuda_agree_at_paper_shape(name, tmp_path):
             assert rel <= FP32_REL.get(name, 1e-4), (dtype, one_by_one, rel)
 
 
+@gpu
+def test_cpu_and_cuda_agree_over_a_long_context(exported, tmp_path):
+    """20,000 tokens through the GQA Transformer fixture (4 query heads on 2 key/value heads of
+    16): decoded one at a time, each token's keys spread over 64 blocks of the attention kernel
+    (up to 313 keys a block, several rounds a warp); as a prompt with --ctx 70000, where the
+    scores of a 1024-token batch would not fit the GPU's 1 GB buffer, so the same kernel takes
+    every key of a query in one block (up to 20,000). Both against the CPU's prompt path."""
+    tokens = np.random.default_rng(3).integers(0, 128, 20000).tolist()
+    model = exported("transformer")
+    cpu = logits(RUN, model, tokens, tmp_path, "--ctx", "20000")
+    for flags in (["--one-by-one", "--ctx", "20000"], ["--ctx", "70000"]):
+        gpu_logits = logits(RUN, model, tokens, tmp_path, "--device", "cuda", *flags)
+        rel = float(np.abs(gpu_logits - cpu).max() / np.abs(cpu).max())
+        print(f"transformer 20000 tokens {' '.join(flags)}: max|cuda - cpu| / max|cpu| = {rel:.2e}")
+        assert rel <= 1e-4, (flags, rel)
+
+
 DEMO = REPO / "models" / "shakespeare_gdn.bin"
 DEMO_PROMPT = ",".join((REPO / "models" / "shakespeare_val.ids").read_text().split()[:20])  # 20 validation token ids
 
