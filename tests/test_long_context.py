@@ -6,6 +6,7 @@ import re
 import time
 
 import numpy as np
+import pytest
 
 from conftest import run_tool
 
@@ -39,3 +40,22 @@ def test_32k_prompt_plus_generation_with_predicted_memory(exported, tmp_path):
           f"{predicted / 1e6:.1f} MB, recurrent state {state} B; {r.stderr.decode().strip()}")
     # the prompt's ids (4 B each, read as text) and attention scores ride on top; nothing else grows
     assert grown <= predicted + 3 * 4 * N + 8 * 2**20
+
+
+@pytest.mark.parametrize("name", ["transformer", "gated_deltanet_hybrid_12_1"])
+def test_long_context_decoded_one_at_a_time_equals_the_prompt_path(name, exported, tmp_path):
+    """3000 tokens: as a prompt (attention as matrix products) and --one-by-one, where a decoded
+    token's keys are split between 2 threads (-T 2) and walked 64 cache rows at a time with an
+    online softmax, the ranges merged after (attention_keys): the same logits to fp32 rounding
+    (the hybrid's GatedDeltaNet layers alone put 2.7e-5 between its two paths: measured so with
+    the attention before attention_keys too)"""
+    tokens = np.random.default_rng(1).integers(0, 128, 3000).tolist()
+    model = exported(name)
+    got = []
+    for flags in ([], ["--one-by-one"]):
+        out = tmp_path / "logits.f32"
+        run_tool(model, "--tokens", ",".join(map(str, tokens)), "--logits", out, "--ctx", 3000, "-T", 2, *flags)
+        got.append(np.fromfile(out, dtype=np.float32).reshape(len(tokens), -1))
+    rel = float(np.abs(got[0] - got[1]).max() / np.abs(got[0]).max())
+    print(f"{name}: 3000 tokens, prompt path vs one by one: max|diff| / max|logit| = {rel:.2e}")
+    assert rel <= (1e-5 if name == "transformer" else 1e-4)
