@@ -14,7 +14,9 @@ Prints, per run:
   BENCH model=<name>-<size> dtype=<t> threads=<n> prompt_tokens=<p> prefill_tok_s=<x> decode_tok_s=<y> weight_bytes=<b>
 then the machine's read bandwidth (bench/bandwidth, measured before and after, the best
 used) and fp32 FMA peak (bench/fma), the fraction of each roofline reached:
-  decode: tokens/s x weight bytes one token reads (all but the embedding table) / bandwidth;
+  decode: tokens/s x bytes one token moves (the weights but the embedding table, of which one
+          row; the recurrent state read and written; the KV cache up to the step's position,
+          the mean over the decoded tokens) / bandwidth;
   prefill: tokens/s x matrix FLOPs per prompt token (2 per weight, attention scores and
            values at the mean position; not the recurrences) / FMA peak;
 and, with --llama2c DIR, karpathy/llama2.c's run (fp32, OpenMP) and runq (int8) on a
@@ -119,12 +121,27 @@ def table(model):
     return c, tensors
 
 
-def model_costs(model, prompt):
-    """weight bytes, bytes one decode step reads, matrix FLOPs per prompt token."""
+def state_and_kv_bytes(model):
+    """the recurrent state's bytes and the KV cache's bytes per token of context, as ./run --info says"""
+    out = subprocess.run([str(REPO / "run"), str(model), "--info"], capture_output=True, text=True, check=True).stdout
+    state = re.search(r"recurrent state: (\d+) bytes", out)
+    kv = re.search(r"kv cache: (\d+) bytes per token", out)
+    return int(state.group(1)) if state else 0, int(kv.group(1)) if kv else 0
+
+
+def kv_bytes_read(kv_per_token, decode):
+    """the KV cache a decode step reads, the mean over the bench's steps (BOS, then positions 1..decode)"""
+    return int(kv_per_token * sum(p + 1 for p in range(1, decode + 1)) / decode)
+
+
+def model_costs(model, prompt, decode):
+    """weight bytes, bytes one decode step moves, matrix FLOPs per prompt token."""
     c, t = table(model)
     total = sum(x["nbytes"] for x in t.values())
     emb = t["embeddings"]
-    per_token = total - (0 if c["tie"] else emb["nbytes"]) + emb["nbytes"] // emb["shape"][0]
+    state, kv = state_and_kv_bytes(model)
+    per_token = (total - (0 if c["tie"] else emb["nbytes"]) + emb["nbytes"] // emb["shape"][0]
+                 + 2 * state + kv_bytes_read(kv, decode))
     flops = 0.0
     for name, x in t.items():
         if len(x["shape"]) == 2 and name not in ("embeddings", "lm_head"):
@@ -248,7 +265,7 @@ def main():
             models = exported(size, sdir, name, dtypes)
             for dtype in dtypes:
                 model = models[dtype]
-                total, per_token, flops = model_costs(model, prompt)
+                total, per_token, flops = model_costs(model, prompt, decode)
                 vocab = table(model)[0]["vocab"]
                 pre, dec = measure(model, threads, prompt, decode, vocab, reps)
                 bench_line(f"{name}-{size}", dtype, threads, prompt, pre, dec, total)
@@ -283,8 +300,9 @@ def main():
             for prog, (version, dtype, _, pre) in progs.items():
                 bench_line(f"llama2c-{prog}-{size}", dtype, threads, l2c_prompt, pre, turns[prog],
                            llama2c.weight_bytes(c, version))
+                kv = kv_bytes_read(state_and_kv_bytes(ours_t[dtypes[0]])[1], decode)  # its fp32 cache is ours
                 l2c_rows.append(dict(size=size, prog=prog, dtype=dtype, prefill=pre, decode=turns[prog],
-                                     per_token=llama2c.read_bytes_per_token(c, version)))
+                                     per_token=llama2c.read_bytes_per_token(c, version) + kv))
             for dtype in dtypes:
                 print(f"TURNS model=transformer-{size} dtype={dtype} decode_tok_s={turns[dtype]:.2f} "
                       f"(in turns with llama2.c)", flush=True)
