@@ -1493,7 +1493,8 @@ static void add_bias(float *x, const float *bias, int T, size_t stride, int n) {
      q, k = RoPE(W_q x, p), RoPE(W_k x, p);  v = W_v x;  append k, v to the cache
      o_a = sum_{j in window} softmax_j(q_a . k_j / sqrt(d)) v_j    (query head a uses kv head a / (Hq/Hkv))
    The window keeps the current token and W-1 before it. All T keys of a batch go into the
-   cache (a ring) first; then every (token, head) pair attends, spread over the threads. */
+   cache (a ring) first; then every (token, head) pair attends, spread over the threads (a
+   prompt's by heads and blocks of queries, one decoded token's by ranges of its keys). */
 typedef struct { const Model *m; LayerState *ls; RunState *s; int T, pos; } AttentionJob;
 
 // the first key a query at position p sees (its window: p - W + 1 .. p)
