@@ -42,11 +42,12 @@ def test_32k_prompt_plus_generation_with_predicted_memory(exported, tmp_path):
     assert grown <= predicted + 3 * 4 * N + 8 * 2**20
 
 
-@pytest.mark.parametrize("name", ["transformer", "gated_deltanet_hybrid_12_1"])
+@pytest.mark.parametrize("name", ["transformer", "transformer_swa_bias_tied", "gated_deltanet_hybrid_12_1"])
 def test_long_context_decoded_one_at_a_time_equals_the_prompt_path(name, exported, tmp_path):
     """3000 tokens: as a prompt (attention as matrix products) and --one-by-one, where a decoded
     token's keys are split between 2 threads (-T 2) and walked 64 cache rows at a time with an
-    online softmax, the ranges merged after (attention_keys): the same logits to fp32 rounding
+    online softmax, the ranges merged after (attention_keys; with a sliding window of 8, the cache
+    a ring of 136 rows that wraps inside a thread's range): the same logits to fp32 rounding
     (the hybrid's GatedDeltaNet layers alone put 2.7e-5 between its two paths: measured so with
     the attention before attention_keys too)"""
     tokens = np.random.default_rng(1).integers(0, 128, 3000).tolist()
@@ -58,4 +59,4 @@ def test_long_context_decoded_one_at_a_time_equals_the_prompt_path(name, exporte
         got.append(np.fromfile(out, dtype=np.float32).reshape(len(tokens), -1))
     rel = float(np.abs(got[0] - got[1]).max() / np.abs(got[0]).max())
     print(f"{name}: 3000 tokens, prompt path vs one by one: max|diff| / max|logit| = {rel:.2e}")
-    assert rel <= (1e-5 if name == "transformer" else 1e-4)
+    assert rel <= (1e-4 if name.startswith("gated_deltanet") else 1e-5)
