@@ -765,15 +765,15 @@ static float dot_q8_x16_avx2(const int8_t *w, const float *w_scale, const Quanti
    ~17 GB/s a core can pull; with it, 340M decode on 2 cores went from 24 to 34 tok/s (bf16)
    and 31 to 59 (q8). Rows are contiguous and a thread takes a chunk of 256 KB of them at a
    time (matmul_rows), so reading past a row's end prefetches the chunk's next row; a prefetch
-   never faults. 3 KB into L2 (T1)
-   was the best of 1-4 KB x T0/T1 measured on the dev VM for bf16; q8 rows, with more
-   arithmetic per byte, gained again from 3 to 12 KB (mean of 6 runs 57.7 -> 59.7 tok/s; 24 KB:
-   no better). fp32 rows (wide loads, which the hardware prefetcher keeps up with) measured no
-   faster with it, so dot_simd512 goes without (nor with an L3 prefetch 8-16 KB ahead: 18.1 ->
-   16.1-16.9 tok/s). bf16 and fp16 rows also ask L3 (T2) for the line PREFETCH_BYTES_L3 ahead, so that
-   the L2 prefetch finds it nearer: 340M Transformer bf16, 2 threads, means of 6 alternating
-   runs 28.9 -> 31.0 tok/s (16 KB: 30.5), one thread 15.2 -> 16.8 (16 KB); 1.3B GatedDeltaNet
-   bf16 8.48 -> 8.98 (means of 4); fp16 rows likewise: 340M Transformer fp16 31.9 -> 34.0 (means of 5). */
+   never faults. 3 KB into L2 (T1) was the best of 1-4 KB x T0/T1 measured on the dev VM for
+   bf16; q8 rows, with more arithmetic per byte, gained again from 3 to 12 KB (mean of 6 runs
+   57.7 -> 59.7 tok/s; 24 KB: no better). fp32 rows (wide loads, which the hardware prefetcher
+   keeps up with) measured no faster with it, so dot_simd512 goes without (nor with an L3
+   prefetch 8-16 KB ahead: 18.1 -> 16.1-16.9 tok/s). bf16 and fp16 rows also ask L3 (T2) for
+   the line PREFETCH_BYTES_L3 ahead, so that the L2 prefetch finds it nearer: 340M Transformer
+   bf16, 2 threads, means of 6 alternating runs 28.9 -> 31.0 tok/s (16 KB: 30.5), one thread
+   15.2 -> 16.8 (16 KB); 1.3B GatedDeltaNet bf16 8.48 -> 8.98 (means of 4); 340M Transformer
+   fp16 31.9 -> 34.0 (means of 5). */
 #ifndef PREFETCH_BYTES
 #define PREFETCH_BYTES 3072
 #endif
