@@ -26,8 +26,11 @@ each dtype; TURNS lines), so that both sides see the same minutes of a shared ho
 
 Usage: python3 bench/bench.py [--threads N] [--sizes 340M,1.3B] [--shapes SIZE=DIR]
          [--prompt P] [--decode D] [--reps R] [--dtypes fp32,bf16,q8] [--llama2c DIR] [--llama2c-sizes 340M]
-         [--llama2c-prompt P] [--create-only] [model-substring ...]
+         [--llama2c-prompt P] [--context C] [--create-only] [model-substring ...]
   --create-only: write the cached models (one-time: minutes per model at 1.3B) and exit
+  --context C: decode after a C-token prompt instead of from BOS (its state saved once with
+               --save-state, loaded by each rep; rows named <model>-<size>-ctx<C>; the KV
+               cache it reads is in the roofline's bytes); not part of `make bench`
 """
 import hashlib
 import os
@@ -129,19 +132,20 @@ def state_and_kv_bytes(model):
     return int(state.group(1)) if state else 0, int(kv.group(1)) if kv else 0
 
 
-def kv_bytes_read(kv_per_token, decode):
-    """the KV cache a decode step reads, the mean over the bench's steps (BOS, then positions 1..decode)"""
-    return int(kv_per_token * sum(p + 1 for p in range(1, decode + 1)) / decode)
+def kv_bytes_read(kv_per_token, decode, context=0):
+    """the KV cache a decode step reads, the mean over the bench's steps (BOS, or a context of
+    that many tokens, then positions context + 1 .. context + decode)"""
+    return int(kv_per_token * sum(p + 1 for p in range(context + 1, context + decode + 1)) / decode)
 
 
-def model_costs(model, prompt, decode):
+def model_costs(model, prompt, decode, context=0):
     """weight bytes, bytes one decode step moves, matrix FLOPs per prompt token."""
     c, t = table(model)
     total = sum(x["nbytes"] for x in t.values())
     emb = t["embeddings"]
     state, kv = state_and_kv_bytes(model)
     per_token = (total - (0 if c["tie"] else emb["nbytes"]) + emb["nbytes"] // emb["shape"][0]
-                 + 2 * state + kv_bytes_read(kv, decode))
+                 + 2 * state + kv_bytes_read(kv, decode, context))
     flops = 0.0
     for name, x in t.items():
         if len(x["shape"]) == 2 and name not in ("embeddings", "lm_head"):
@@ -155,23 +159,31 @@ def model_costs(model, prompt, decode):
     return total, per_token, flops
 
 
-def ours(model, threads, tokens, steps):
+def ours(model, threads, tokens, steps, *flags):
     r = subprocess.run([str(REPO / "run"), str(model), "--tokens", ",".join(map(str, tokens)), "-n", str(steps),
-                        "-t", "0", "--ids", "-T", str(threads)], capture_output=True, text=True, check=True)
+                        "-t", "0", "--ids", "-T", str(threads), *flags], capture_output=True, text=True, check=True)
     m = re.search(r"prompt: \d+ tokens, ([\d.]+) tok/s \| generated: (\d+) tokens, ([\d.]+) tok/s", r.stderr)
     if not m:
         raise SystemExit(f"error: no stats line from ./run {model}: {r.stderr[-300:]}")
     return float(m.group(1)), int(m.group(2)), float(m.group(3))
 
 
-def measure(model, threads, prompt, decode, vocab, reps):
+def measure(model, threads, prompt, decode, vocab, reps, context=0):
     ours(model, threads, [1, 2, 3, 4], 2)  # warm-up: page cache, thread pool
     ids = [1] + [2 + (i * 7919) % (vocab - 2) for i in range(prompt - 1)]
     prefill = max(ours(model, threads, ids, 1)[0] for _ in range(reps))
+    flags = []
+    if context:  # decode after a context: its state (KV cache and all) saved once, loaded by every rep
+        state = WORK / "context.state"
+        ctx_ids = [1] + [2 + (i * 7919) % (vocab - 2) for i in range(context - 1)]
+        flags = ["--ctx", str(context + decode + 8), "--load-state", str(state)]
+        ours(model, threads, ctx_ids, 0, "--ctx", str(context + decode + 8), "--save-state", str(state))
     best = 0
     for _ in range(reps):
-        _, gen, rate = ours(model, threads, [1], decode + 1)
+        _, gen, rate = ours(model, threads, [1], decode + 1, *flags)
         best = max(best, rate * (gen - 1) / gen)  # gen sampled tokens in that time, gen - 1 forward passes
+    if context:
+        state.unlink()
     return prefill, best
 
 
@@ -195,7 +207,7 @@ def main():
     shapes = {s: REPO / d for s, (d, _, _) in SIZES.items()}
     prompt_override = decode_override = None
     l2c_dir, l2c_sizes, l2c_prompt = None, ["340M"], 64
-    reps, create_only = 3, False
+    reps, create_only, context = 3, False, 0
     while args:
         a = args.pop(0)
         if a == "--threads":
@@ -209,6 +221,8 @@ def main():
             prompt_override = int(args.pop(0))
         elif a == "--decode":
             decode_override = int(args.pop(0))
+        elif a == "--context":
+            context = int(args.pop(0))
         elif a == "--create-only":
             create_only = True
         elif a == "--reps":
@@ -265,10 +279,10 @@ def main():
             models = exported(size, sdir, name, dtypes)
             for dtype in dtypes:
                 model = models[dtype]
-                total, per_token, flops = model_costs(model, prompt, decode)
+                total, per_token, flops = model_costs(model, prompt, decode, context)
                 vocab = table(model)[0]["vocab"]
-                pre, dec = measure(model, threads, prompt, decode, vocab, reps)
-                bench_line(f"{name}-{size}", dtype, threads, prompt, pre, dec, total)
+                pre, dec = measure(model, threads, prompt, decode, vocab, reps, context)
+                bench_line(f"{name}-{size}{f'-ctx{context}' if context else ''}", dtype, threads, prompt, pre, dec, total)
                 rows.append(dict(size=size, name=name, dtype=dtype, prompt=prompt, prefill=pre, decode=dec,
                                  per_token=per_token, flops=flops))
         if l2c_dir and size in l2c_sizes and (sdir / "transformer").is_dir():
@@ -316,7 +330,7 @@ def main():
         roof = gbs * 1e9 / r["per_token"]
         gflops = r["prefill"] * r["flops"] / 1e9
         r["roof_frac"], r["peak_frac"] = r["decode"] / roof, gflops / peak
-        print(f"ROOFLINE model={r['name']}-{r['size']} dtype={r['dtype']} decode_tok_s={r['decode']:.2f} "
+        print(f"ROOFLINE model={r['name']}-{r['size']}{f'-ctx{context}' if context else ''} dtype={r['dtype']} decode_tok_s={r['decode']:.2f} "
               f"read_bytes_per_token={r['per_token']} roofline_tok_s={roof:.2f} decode_fraction={r['roof_frac']:.2f} "
               f"prefill_gflop_s={gflops:.1f} prefill_fraction_of_fma_peak={r['peak_frac']:.3f}")
     for r in l2c_rows:
