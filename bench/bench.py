@@ -132,20 +132,22 @@ def state_and_kv_bytes(model):
     return int(state.group(1)) if state else 0, int(kv.group(1)) if kv else 0
 
 
-def kv_bytes_read(kv_per_token, decode, context=0):
-    """the KV cache a decode step reads, the mean over the bench's steps (BOS, or a context of
-    that many tokens, then positions context + 1 .. context + decode)"""
-    return int(kv_per_token * sum(p + 1 for p in range(context + 1, context + decode + 1)) / decode)
+def kv_bytes_read(kv_per_token, first, n_steps, window=0):
+    """the KV cache a decode step reads, the mean over n_steps steps from position first (a
+    sliding window caps the keys a step sees)"""
+    keys = sum(min(p + 1, window) if window else p + 1 for p in range(first, first + n_steps))
+    return int(kv_per_token * keys / n_steps)
 
 
-def model_costs(model, prompt, decode, context=0):
-    """weight bytes, bytes one decode step moves, matrix FLOPs per prompt token."""
+def model_costs(model, prompt, decode, first=1):
+    """weight bytes, bytes one of `decode` decode steps from position `first` moves, matrix
+    FLOPs per prompt token (also bench_cuda.py's)."""
     c, t = table(model)
     total = sum(x["nbytes"] for x in t.values())
     emb = t["embeddings"]
     state, kv = state_and_kv_bytes(model)
     per_token = (total - (0 if c["tie"] else emb["nbytes"]) + emb["nbytes"] // emb["shape"][0]
-                 + 2 * state + kv_bytes_read(kv, decode, context))
+                 + 2 * state + kv_bytes_read(kv, first, decode, c["attn_window"]))
     flops = 0.0
     for name, x in t.items():
         if len(x["shape"]) == 2 and name not in ("embeddings", "lm_head"):
@@ -279,7 +281,7 @@ def main():
             models = exported(size, sdir, name, dtypes)
             for dtype in dtypes:
                 model = models[dtype]
-                total, per_token, flops = model_costs(model, prompt, decode, context)
+                total, per_token, flops = model_costs(model, prompt, decode, context + 1)  # BOS or the context first
                 vocab = table(model)[0]["vocab"]
                 pre, dec = measure(model, threads, prompt, decode, vocab, reps, context)
                 bench_line(f"{name}-{size}{f'-ctx{context}' if context else ''}", dtype, threads, prompt, pre, dec, total)
@@ -314,7 +316,7 @@ def main():
             for prog, (version, dtype, _, pre) in progs.items():
                 bench_line(f"llama2c-{prog}-{size}", dtype, threads, l2c_prompt, pre, turns[prog],
                            llama2c.weight_bytes(c, version))
-                kv = kv_bytes_read(state_and_kv_bytes(ours_t[dtypes[0]])[1], decode)  # its fp32 cache is ours
+                kv = kv_bytes_read(state_and_kv_bytes(ours_t[dtypes[0]])[1], 1, decode)  # its fp32 cache is ours
                 l2c_rows.append(dict(size=size, prog=prog, dtype=dtype, prefill=pre, decode=turns[prog],
                                      per_token=llama2c.read_bytes_per_token(c, version) + kv))
             for dtype in dtypes:

@@ -8,14 +8,14 @@ decode step captured as a CUDA graph before the clock starts), feeds a prompt of
 tokens and decodes D tokens greedily; speeds come from ./run's stats line. Prints, per run:
   BENCH model=<name> dtype=<t> threads=<n> prompt_tokens=<p> prefill_tok_s=<x> decode_tok_s=<y> weight_bytes=<b>
 then the GPU's measured device-to-device copy bandwidth (bytes read + written, through PyTorch)
-and per run the bytes one decode step must move (every weight but the embedding table, the
+and per run the bytes one decode step must move, counted as make bench counts them
+(bench.py's model_costs: every weight but the embedding table, of which one row, the
 recurrent states read and written, and the KV cache's keys and values up to the step's
 position, the mean over the decoded tokens), the achieved GB/s and its fraction of the copy
 bandwidth.
 
 Usage: python3 bench/bench_cuda.py [--prompt P] [--decode D] [--sizes 340M,1.3B] [--dtypes bf16,q8] [model-substring ...]
 """
-import json
 import os
 import re
 import subprocess
@@ -28,10 +28,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from paper_shape_check import random_checkpoint  # noqa: E402
+sys.path.insert(0, str(REPO / "bench"))
+from bench import model_costs  # noqa: E402  (the bytes a decode step moves, as make bench counts them)
 WORK = REPO / "bench" / "models"
 SHAPES = {"340M": REPO / "tests" / "paper_shapes", "1.3B": REPO / "tests" / "paper_shapes_1.3B"}
 MODELS = ["gated_deltanet_hybrid_6_1", "hgrn2_hybrid_6_1", "transformer"]
-BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "bf16": 2, "q8": 1 + 4 / 64}
 
 
 def checkpoint(size, name):
@@ -59,14 +60,6 @@ def run(model, prompt, decode):
         sys.exit(f"{model}: {r.stderr.strip()}")
     m = re.search(r"prompt: \d+ tokens, ([\d.]+) tok/s \| generated: \d+ tokens, ([\d.]+) tok/s", r.stderr)
     return float(m.group(1)), float(m.group(2))
-
-
-def info(model):
-    out = subprocess.run([str(REPO / "run"), str(model), "--info"], capture_output=True, text=True, check=True).stdout
-    weights = int(round(float(re.search(r"weights ([\d.]+) MB", out).group(1)) * 1e6))
-    state = re.search(r"recurrent state: (\d+) bytes", out)
-    kv = re.search(r"kv cache: (\d+) bytes per token", out)
-    return weights, int(state.group(1)) if state else 0, int(kv.group(1)) if kv else 0
 
 
 def copy_bandwidth():
@@ -115,12 +108,7 @@ def main():
     for (size, name, dtype), model in zip(jobs, models):
         run(model, 16, 4)  # warm-up: page cache
         pre, dec = run(model, prompt, decode)
-        weights, state, kv = info(model)
-        cfg = json.loads((SHAPES[size] / name / "config.json").read_text())
-        embedding = 0 if cfg.get("tie_word_embeddings") else int(cfg["vocab_size"] * cfg["hidden_size"] * BYTES_PER_WEIGHT[dtype])
-        window = (cfg.get("attn") or cfg).get("window_size") or prompt + decode
-        kv_keys = sum(min(p + 1, window) for p in range(prompt, prompt + decode)) / decode  # keys a decode step reads, mean
-        per_token = weights - embedding + 2 * state + int(kv * kv_keys)
+        weights, per_token, _ = model_costs(model, prompt, decode, prompt)  # decode steps from position `prompt`
         print(f"BENCH model={name}-{size} dtype={dtype} threads=1 prompt_tokens={prompt} prefill_tok_s={pre:.1f} "
               f"decode_tok_s={dec:.2f} weight_bytes={weights}", flush=True)
         rows.append((f"{name}-{size}", dtype, dec, per_token))
