@@ -1598,17 +1598,16 @@ static void attention_keys(void *arg, int thread, int nt) {
     }
 }
 
+// range r's m [heads], then l [heads], then acc [heads][hd] (after its scores)
+static const float *range_m(const RunState *s, int nq, int r) { return s->att + (size_t)r * s->att_floats + (size_t)nq * KEY_BLOCK; }
 static void attention_merge(const Config *c, RunState *s, int n_ranges) {
     int hd = c->attn_head_dim, nq = c->attn_heads;
     for (int a = 0; a < nq; a++) {
         float M = -INFINITY, L = 0.0f, *o = s->o + (size_t)a * hd;
-        for (int r = 0; r < n_ranges; r++) {
-            float m = s->att[(size_t)r * s->att_floats + (size_t)nq * KEY_BLOCK + a];
-            M = m > M ? m : M;
-        }
+        for (int r = 0; r < n_ranges; r++) M = range_m(s, nq, r)[a] > M ? range_m(s, nq, r)[a] : M;
         memset(o, 0, sizeof(float) * hd);
         for (int r = 0; r < n_ranges; r++) {
-            const float *m = s->att + (size_t)r * s->att_floats + (size_t)nq * KEY_BLOCK, *l = m + nq, *acc = l + nq;
+            const float *m = range_m(s, nq, r), *l = m + nq, *acc = l + nq;
             if (m[a] == -INFINITY) continue; // an empty range
             float w = expf(m[a] - M);
             L += l[a] * w;
