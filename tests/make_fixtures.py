@@ -96,6 +96,10 @@ WIDE = dict(hidden_size=64, intermediate_size=64, num_hidden_layers=2)
 # Non-default head counts and the optional features of each kind, at hidden 64.
 CASES += [
     ("transformer", "transformer", dict(WIDE, num_heads=4, num_kv_heads=2), "fp32"),
+    # head dim 6: attention over rows that are not a whole number of 16-byte vectors (the CPU's
+    # SIMD tails, the GPU attention kernel's one-float-a-lane instantiation)
+    ("transformer_hd6_gqa", "transformer",
+     dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_heads=8, num_kv_heads=2), "fp32"),
     ("transformer_swa_bias_tied", "transformer",
      dict(WIDE, num_hidden_layers=3, num_heads=4, num_kv_heads=1, window_size=8, qkv_bias=True,
           rope_theta=1000.0, tie_word_embeddings=True), "fp32"),

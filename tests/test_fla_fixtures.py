@@ -48,7 +48,7 @@ def test_fixture_set_covers_every_kind_and_layout():
     for k in kinds:
         for layout in ["pure", "hybrid_24_1", "hybrid_12_1", "hybrid_6_1", "hybrid_3_1"]:
             assert f"{k}_{layout}" in CASES
-    assert "transformer" in CASES and "transformer_swa_bias_tied" in CASES
+    assert "transformer" in CASES and "transformer_swa_bias_tied" in CASES and "transformer_hd6_gqa" in CASES
     assert len(CASES) >= 42
 
 

@@ -42,7 +42,7 @@ def test_32k_prompt_plus_generation_with_predicted_memory(exported, tmp_path):
     assert grown <= predicted + 3 * 4 * N + 8 * 2**20
 
 
-@pytest.mark.parametrize("name", ["transformer", "transformer_swa_bias_tied", "gated_deltanet_hybrid_12_1"])
+@pytest.mark.parametrize("name", ["transformer", "transformer_swa_bias_tied", "transformer_hd6_gqa", "gated_deltanet_hybrid_12_1"])
 def test_long_context_decoded_one_at_a_time_equals_the_prompt_path(name, exported, tmp_path):
     """3000 tokens: as a prompt (attention as matrix products) and --one-by-one, where a decoded
     token's keys are split between 2 threads (-T 2) and walked 64 cache rows at a time with an
