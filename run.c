@@ -1704,7 +1704,8 @@ static void attention_layer(const Model *m, const LayerWeights *w, LayerState *l
     }
     AttentionJob job = {m, ls, s, T, pos};
     ParallelFn heads = T == 1 ? attention_keys : hd % TILE_TOKENS == 0 ? attention_blocks : attention_heads;
-    int shared = (long)T * nq * (pos + T) >= 4096; // else too little to share
+    // else too little to share: a prompt's scores, or (one token) 64 KB of the cache's keys and values
+    int shared = T == 1 ? (long)(pos + 1) * kvd >= 8192 : (long)T * nq * (pos + T) >= 4096;
     if (shared) run_parallel(heads, &job);
     else heads(&job, 0, 1);
     if (T == 1) attention_merge(c, s, shared ? n_threads : 1);
