@@ -172,13 +172,13 @@ __device__ static float sq4(float4 a) { return a.x * a.x + a.y * a.y + a.z * a.z
 
 __device__ static void prologue_row(float *dst, const float *x, const float *gate, Prologue p, int n, int per_chunk = 0) {
     bool aligned = n % 4 == 0 && (uintptr_t)x % 16 == 0 && (!p.w || (uintptr_t)p.w % 16 == 0) && (!gate || (uintptr_t)gate % 16 == 0);
-    if (!aligned || (p.kind == NORM_GROUP && (p.group % 4 || p.group > 128 * PROLOGUE_UNROLL))) { // (a group: one round of a warp)
+    bool whole = p.kind == NORM_RMS || (p.kind == NORM_GROUP && p.group == n); // one norm over the row (HGRN's, HGRN2's output norm too)
+    if (!aligned || (p.kind == NORM_GROUP && !whole && (p.group % 4 || p.group > 128 * PROLOGUE_UNROLL))) { // (a group: one round of a warp)
         prologue_row_plain(dst, x, gate, p, n, per_chunk);
         return;
     }
-    const float4 *x4 = (const float4 *)x, *w4 = (const float4 *)p.w;
-    if (p.kind == NORM_GROUP) { // one warp per group, its values in registers between the two passes
-        const float4 *g4 = (const float4 *)gate;
+    const float4 *x4 = (const float4 *)x, *w4 = (const float4 *)p.w, *g4 = (const float4 *)gate;
+    if (p.kind == NORM_GROUP && !whole) { // one warp per group, its values in registers between the two passes
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, G4 = p.group / 4;
         for (int g = warp; g < n / p.group; g += blockDim.x >> 5) {
             float4 v[PROLOGUE_UNROLL], gt[PROLOGUE_UNROLL], wt[PROLOGUE_UNROLL];
@@ -205,10 +205,10 @@ __device__ static void prologue_row(float *dst, const float *x, const float *gat
         return;
     }
     int n4 = n / 4, step = blockDim.x * PROLOGUE_UNROLL;
-    bool held = p.kind == NORM_RMS && n4 <= step; // one round: x and w stay in registers between the passes
+    bool norm = p.kind != NORM_NONE, held = norm && n4 <= step; // one round: x and w stay in registers between the passes
     float4 v[PROLOGUE_UNROLL], w[PROLOGUE_UNROLL];
     float r = 1.0f;
-    if (p.kind == NORM_RMS) {
+    if (norm) {
         float ss = 0.0f;
         for (int base = threadIdx.x; base < n4; base += step) {
 #pragma unroll
@@ -226,12 +226,15 @@ __device__ static void prologue_row(float *dst, const float *x, const float *gat
 #pragma unroll
         for (int u = 0; u < PROLOGUE_UNROLL; u++) {
             int i = base + u * blockDim.x;
-            if (i < n4 && !held) { v[u] = x4[i]; w[u] = p.kind == NORM_RMS ? w4[i] : make_float4(1, 1, 1, 1); }
+            if (i < n4 && !held) { v[u] = x4[i]; w[u] = norm ? w4[i] : make_float4(1, 1, 1, 1); }
         }
 #pragma unroll
         for (int u = 0; u < PROLOGUE_UNROLL; u++) {
             int i = base + u * blockDim.x;
-            if (i < n4) *(float4 *)(dst + xs_index(4 * i, per_chunk)) = scale4(v[u], r, w[u]);
+            if (i >= n4) continue;
+            float4 y = scale4(v[u], r, w[u]);
+            if (gate) { float4 g = g4[i]; y = make_float4(y.x * silu(g.x), y.y * silu(g.y), y.z * silu(g.z), y.w * silu(g.w)); }
+            *(float4 *)(dst + xs_index(4 * i, per_chunk)) = y;
         }
     }
 }

@@ -75,6 +75,8 @@ int main(int argc, char **argv) {
                       {"o_proj 2048x4096 group", 2048, 4096, 0, NORM_GROUP, DTYPE_BF16, 512},
                       {"o_proj 2048x2048 group ungated", 2048, 2048, 0, NORM_GROUP, DTYPE_BF16, 256, 0},
                       {"o_proj 2048x2048 rms", 2048, 2048, 0, NORM_RMS, DTYPE_BF16}, {"o_proj 2048x2048 no-norm", 2048, 2048, 0, NORM_NONE, DTYPE_BF16},
+                      {"o_proj 2048x2048 one group", 2048, 2048, 0, NORM_GROUP, DTYPE_BF16, 2048, 0}, // HGRN2's output norm
+                      {"o_proj 2048x2048 one group gated", 2048, 2048, 0, NORM_GROUP, DTYPE_BF16, 2048},  // HGRN's
                       {"in_proj no-norm", 8204, 2048, 0, NORM_NONE, DTYPE_BF16}, {"o_proj no-norm", 2048, 4096, 0, NORM_NONE, DTYPE_BF16},
                       {"gate_up q8", 5632, 2048, 1, NORM_RMS, DTYPE_Q8}, {"down q8", 2048, 5632, 0, NORM_NONE, DTYPE_Q8},
                       {"gate_up fp32", 5632, 2048, 1, NORM_RMS, DTYPE_F32}, {"down fp32", 2048, 5632, 0, NORM_NONE, DTYPE_F32}};
