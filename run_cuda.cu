@@ -170,15 +170,40 @@ __device__ static void prologue_row_plain(float *dst, const float *x, const floa
 __device__ static float4 scale4(float4 a, float r, float4 w) { return make_float4(a.x * r * w.x, a.y * r * w.y, a.z * r * w.z, a.w * r * w.w); }
 __device__ static float sq4(float4 a) { return a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w; }
 
-__device__ static void prologue_row(float *dst, const float *x, const float *gate, Prologue p, int n, int per_chunk = 0) {
+/* x for q8 rows, as run.c's quantize_x does it: each group of 64 values rounded to int16 with a
+   scale of its own (|x_q| <= 32767, round half to even; a group that is not finite gets a NaN
+   scale and zeros). Here values 4i..4i+3 of x, one thread's; the 16 threads of a half warp hold
+   one group and must all be here. x_q is laid out as xs_index's float4 pieces (per 32 chunks of
+   16 values: the chunks' first 8 values, 16 bytes each, then their last 8). */
+__device__ static void quantize4(int4 *xq, float *x_scale, int i, float4 v) {
+    unsigned half = threadIdx.x & 16 ? 0xffff0000u : 0x0000ffffu;
+    int bad = !(fabsf(v.x) <= FLT_MAX && fabsf(v.y) <= FLT_MAX && fabsf(v.z) <= FLT_MAX && fabsf(v.w) <= FLT_MAX); // inf, NaN
+    float max = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+    for (int o = 8; o > 0; o >>= 1) { // over the group's 16 threads
+        bad |= __shfl_xor_sync(half, bad, o);
+        max = fmaxf(max, __shfl_xor_sync(half, max, o));
+    }
+    int c = i / 4, e = 4 * (i % 4); // the 16-value chunk and the place in it
+    float inv = !bad && max > 0.0f ? 32767.0f / max : 0.0f;
+    if (i % 16 == 0) x_scale[i / 16] = bad ? NAN : max / 32767.0f;
+    auto q = [&](float a) { return (short)(bad ? 0 : __float2int_rn(fminf(fmaxf(a * inv, -32767.0f), 32767.0f))); };
+    ((short4 *)(xq + ((c / 32) * 2 + e / 8) * 32 + c % 32))[(e % 8) / 4] = make_short4(q(v.x), q(v.y), q(v.z), q(v.w));
+}
+
+/* A q8 GEMV's prologue writes x_q itself (xq non-null) where its threads hold whole groups of 64
+   in half warps: the RMSNorm and plain paths and the per-warp group norm for groups of a
+   multiple of 64. It returns whether it did; if not, dst has the floats (quantize_xs next). */
+__device__ static bool prologue_row(float *dst, const float *x, const float *gate, Prologue p, int n, int per_chunk = 0, int4 *xq = nullptr,
+                                    float *x_scale = nullptr) {
     bool aligned = n % 4 == 0 && (uintptr_t)x % 16 == 0 && (!p.w || (uintptr_t)p.w % 16 == 0) && (!gate || (uintptr_t)gate % 16 == 0);
     bool whole = p.kind == NORM_RMS || (p.kind == NORM_GROUP && p.group == n); // one norm over the row (HGRN's, HGRN2's output norm too)
     if (!aligned || (p.kind == NORM_GROUP && !whole && (p.group % 4 || p.group > 128 * PROLOGUE_UNROLL))) { // (a group: one round of a warp)
         prologue_row_plain(dst, x, gate, p, n, per_chunk);
-        return;
+        return false;
     }
     const float4 *x4 = (const float4 *)x, *w4 = (const float4 *)p.w, *g4 = (const float4 *)gate;
     if (p.kind == NORM_GROUP && !whole) { // one warp per group, its values in registers between the two passes
+        if (p.group % 64) xq = nullptr;
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, G4 = p.group / 4;
         for (int g = warp; g < n / p.group; g += blockDim.x >> 5) {
             float4 v[PROLOGUE_UNROLL], gt[PROLOGUE_UNROLL], wt[PROLOGUE_UNROLL];
@@ -199,11 +224,13 @@ __device__ static void prologue_row(float *dst, const float *x, const float *gat
                 if (i >= G4) break;
                 float4 y = scale4(v[u], r, wt[u]);
                 if (gate) y = make_float4(y.x * silu(gt[u].x), y.y * silu(gt[u].y), y.z * silu(gt[u].z), y.w * silu(gt[u].w));
-                *(float4 *)(dst + xs_index(4 * (g * G4 + i), per_chunk)) = y;
+                if (xq) quantize4(xq, x_scale, g * G4 + i, y); // (G4 a multiple of 16: half warps stay whole)
+                else *(float4 *)(dst + xs_index(4 * (g * G4 + i), per_chunk)) = y;
             }
         }
-        return;
+        return xq != nullptr;
     }
+    if (n % 64) xq = nullptr;
     int n4 = n / 4, step = blockDim.x * PROLOGUE_UNROLL;
     bool norm = p.kind != NORM_NONE, held = norm && n4 <= step; // one round: x and w stay in registers between the passes
     float4 v[PROLOGUE_UNROLL], w[PROLOGUE_UNROLL];
@@ -234,9 +261,11 @@ __device__ static void prologue_row(float *dst, const float *x, const float *gat
             if (i >= n4) continue;
             float4 y = scale4(v[u], r, w[u]);
             if (gate) { float4 g = g4[i]; y = make_float4(y.x * silu(g.x), y.y * silu(g.y), y.z * silu(g.z), y.w * silu(g.w)); }
-            *(float4 *)(dst + xs_index(4 * i, per_chunk)) = y;
+            if (xq) quantize4(xq, x_scale, i, y); // (n4 a multiple of 16: half warps stay whole)
+            else *(float4 *)(dst + xs_index(4 * i, per_chunk)) = y;
         }
     }
+    return xq != nullptr;
 }
 
 // the prologue for T tokens at once (prompt path): one block per token
@@ -274,42 +303,29 @@ template <int DTYPE> __device__ static float chunk_dot(int4 v, const float4 *xq)
     return s;
 }
 
-/* q8 rows take x in int16 as run.c's do (quantize_x: each group of 64 rounded with a scale of
-   its own, |x_q| <= 32767, round half to even, a group that is not finite gets a NaN scale and
-   zeros), written once per block after the prologue: 16 weights times their 16 x_q are then 8
-   dp2a instructions summed exactly in int32 (16 int8 -> float conversions and 16 FMAs before,
-   which held the q8 products under half the read rate), and scaled once per chunk by the
-   weights' and x's group scales. x_q is laid out as xs_index's float4 pieces: per 32 chunks,
-   the chunks' first 8 values (16 bytes each), then their last 8. */
+/* q8 rows take x in int16 (quantize4), written once per block after the prologue: 16 weights
+   times their 16 x_q are then 8 dp2a instructions summed exactly in int32 (16 int8 -> float
+   conversions and 16 FMAs before, which held the q8 products under half the read rate), and
+   scaled once per chunk by the weights' and x's group scales. This pass is for the prologues
+   that leave floats in xs; the others quantize as they write. */
 __device__ static void quantize_xs(int4 *xq, float *x_scale, const float *xs, int n_chunks) {
-    int n_groups = n_chunks / 4, sub = threadIdx.x & 15, per_round = blockDim.x / 16;
-    for (int g0 = 0; g0 < n_groups; g0 += per_round) { // 16 threads a group (chunks 4g..4g+3), 4 values each
-        int g = g0 + threadIdx.x / 16, i = Q8_GROUP * g + 4 * sub, c = i / 16, e = i % 16;
-        float4 v = g < n_groups ? *(const float4 *)(xs + xs_index(i, 16)) : make_float4(0, 0, 0, 0);
-        int bad = !(fabsf(v.x) <= FLT_MAX && fabsf(v.y) <= FLT_MAX && fabsf(v.z) <= FLT_MAX && fabsf(v.w) <= FLT_MAX); // inf, NaN
-        float max = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-        for (int o = 8; o > 0; o >>= 1) { // over the group's 16 threads
-            bad |= __shfl_xor_sync(0xffffffffu, bad, o);
-            max = fmaxf(max, __shfl_xor_sync(0xffffffffu, max, o));
-        }
-        if (g >= n_groups) continue;
-        float inv = !bad && max > 0.0f ? 32767.0f / max : 0.0f;
-        if (sub == 0) x_scale[g] = bad ? NAN : max / 32767.0f;
-        auto q = [&](float a) { return (short)(bad ? 0 : __float2int_rn(fminf(fmaxf(a * inv, -32767.0f), 32767.0f))); };
-        ((short4 *)(xq + ((c / 32) * 2 + e / 8) * 32 + c % 32))[(e % 8) / 4] = make_short4(q(v.x), q(v.y), q(v.z), q(v.w));
+    int n_groups = n_chunks / 4, per_round = blockDim.x / 16;
+    for (int g0 = 0; g0 < n_groups; g0 += per_round) { // 16 threads a group, 4 values each
+        int g = g0 + threadIdx.x / 16, i = 16 * g + (threadIdx.x & 15); // (whole half warps leave)
+        if (g < n_groups) quantize4(xq, x_scale, i, *(const float4 *)(xs + xs_index(4 * i, 16)));
     }
 }
 // 16 q8 weights (v) times their x_q (xq[0]: values 0-7, xq[32]: 8-15), exactly
 __device__ static int chunk_dot_q8(int4 v, const int4 *xq) {
     int4 x0 = xq[0], x1 = xq[32];
-    int s = __dp2a_lo(x0.x, v.x, 0); // x0 w0 + x1 w1 (weight bytes 0, 1 of v.x)
-    s = __dp2a_hi(x0.y, v.x, s);     // x2 w2 + x3 w3 (bytes 2, 3)
+    int s = __dp2a_lo(x0.x, v.x, 0), t = __dp2a_lo(x1.x, v.z, 0); // x0 w0 + x1 w1 (weight bytes 0, 1 of v.x); two chains
+    s = __dp2a_hi(x0.y, v.x, s);                                   // x2 w2 + x3 w3 (bytes 2, 3)
+    t = __dp2a_hi(x1.y, v.z, t);
     s = __dp2a_lo(x0.z, v.y, s);
+    t = __dp2a_lo(x1.z, v.w, t);
     s = __dp2a_hi(x0.w, v.y, s);
-    s = __dp2a_lo(x1.x, v.z, s);
-    s = __dp2a_hi(x1.y, v.z, s);
-    s = __dp2a_lo(x1.z, v.w, s);
-    return __dp2a_hi(x1.w, v.w, s);
+    t = __dp2a_hi(x1.w, v.w, t);
+    return s + t;
 }
 // shared memory before a GEMV block's rings, in bytes: x as floats in xs_index's layout (whole blocks
 // of 32 chunks), and for q8 x_q and its group scales after them
@@ -478,9 +494,10 @@ template <int DTYPE> __global__ void gemv_kernel(GemvJobs jobs, const float *x, 
     if (n_chunks) next = st.start(first);
     // the weights above need nothing from the kernel before this one (see launch()), x does
     wait_for_inputs();
-    prologue_row(xs, x, p.gate, p, cols, n_chunks ? GemvStream<DTYPE>::PER_CHUNK : 0);
+    bool quantized = prologue_row(xs, x, p.gate, p, cols, n_chunks ? GemvStream<DTYPE>::PER_CHUNK : 0,
+                                  DTYPE == DTYPE_Q8 && n_chunks ? xq : nullptr, x_scale);
     __syncthreads();
-    if (DTYPE == DTYPE_Q8 && n_chunks) {
+    if (DTYPE == DTYPE_Q8 && n_chunks && !quantized) {
         quantize_xs(xq, x_scale, xs, n_chunks);
         __syncthreads();
     }

@@ -79,15 +79,17 @@ int main(int argc, char **argv) {
                       {"o_proj 2048x2048 one group gated", 2048, 2048, 0, NORM_GROUP, DTYPE_BF16, 2048},  // HGRN's
                       {"in_proj no-norm", 8204, 2048, 0, NORM_NONE, DTYPE_BF16}, {"o_proj no-norm", 2048, 4096, 0, NORM_NONE, DTYPE_BF16},
                       {"gate_up q8", 5632, 2048, 1, NORM_RMS, DTYPE_Q8}, {"down q8", 2048, 5632, 0, NORM_NONE, DTYPE_Q8},
+                      {"in_proj q8", 8204, 2048, 0, NORM_RMS, DTYPE_Q8}, {"o_proj group q8", 2048, 2048, 0, NORM_GROUP, DTYPE_Q8, 256},
                       {"gate_up fp32", 5632, 2048, 1, NORM_RMS, DTYPE_F32}, {"down fp32", 2048, 5632, 0, NORM_NONE, DTYPE_F32}};
     CUDA_CHECK(cudaMalloc(&x, 8192 * 4)); CUDA_CHECK(cudaMalloc(&normw, 8192 * 4)); CUDA_CHECK(cudaMalloc(&gate, 8192 * 4));
     CUDA_CHECK(cudaMalloc(&y, 16384 * 4)); CUDA_CHECK(cudaMalloc(&y2, 16384 * 4));
-    CUDA_CHECK(cudaMalloc(&scales, (size_t)5632 * 2048 / 64 * 4)); CUDA_CHECK(cudaMemset(scales, 0, (size_t)5632 * 2048 / 64 * 4));
+    CUDA_CHECK(cudaMalloc(&scales, (size_t)8204 * 5632 / 64 * 4)); CUDA_CHECK(cudaMemset(scales, 0, (size_t)8204 * 5632 / 64 * 4)); // (the largest rows x cols / 64)
     CUDA_CHECK(cudaMemset(x, 0, 8192 * 4)); CUDA_CHECK(cudaMemset(normw, 0, 8192 * 4)); CUDA_CHECK(cudaMemset(gate, 0, 8192 * 4));
 
     const int NB = 24, ITER = 96;
     if (argc > 1 && !strcmp(argv[1], "chain")) {
-        const Shape layer[] = {shapes[0], shapes[3], shapes[1], shapes[2]};
+        Shape layer[] = {shapes[0], shapes[3], shapes[1], shapes[2]};
+        if (getenv("GEMV_Q8")) for (Shape &s : layer) s.dtype = DTYPE_Q8; // GEMV_Q8=1: the same layer in q8
         size_t layer_bytes = 0, off[4];
         for (int i = 0; i < 4; i++) { off[i] = layer_bytes; layer_bytes += shape_bytes(layer[i]); }
         uint8_t *buf;
@@ -102,11 +104,12 @@ int main(int argc, char **argv) {
         CUDA_CHECK(cudaStreamEndCapture(gp->stream, &g));
         CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
         float best = best_ms(gp, 8, [&] { CUDA_CHECK(cudaGraphLaunch(ge, gp->stream)); });
-        printf("chain warps=%d stages=%d unroll=%d blocks=%d: %.1f us a layer, %.0f GB/s\n", GEMV_WARPS, GEMV_STAGES, GEMV_UNROLL, gp->gemv_blocks_per_sm,
+        printf("chain%s warps=%d stages=%d unroll=%d blocks=%d: %.1f us a layer, %.0f GB/s\n", getenv("GEMV_Q8") ? " q8" : "", GEMV_WARPS, GEMV_STAGES, GEMV_UNROLL, gp->gemv_blocks_per_sm,
                best * 1e3 / NB, layer_bytes * NB / (best * 1e-3) / 1e9);
         return 0;
     }
     for (const Shape &s : shapes) {
+        if (getenv("GEMV_ONLY") && !strstr(s.name, getenv("GEMV_ONLY"))) continue; // GEMV_ONLY=text: the shapes named with it
         size_t bytes = shape_bytes(s);
         uint8_t *buf;
         CUDA_CHECK(cudaMalloc(&buf, bytes * NB));
