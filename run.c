@@ -1224,7 +1224,7 @@ static void matmul_rows(void *arg, int thread, int nt) {
     (void)thread, (void)nt;
     int cols = j->w[0]->cols;
     size_t stride = (size_t)cols + ROW_PAD_FLOATS;
-    float *rows = NULL; // narrow weights as fp32, TILE_ROWS rows
+    float *rows = NULL; // narrow weights as fp32, a chunk's rows
     for (int c; (c = atomic_fetch_add_explicit(&j->next_chunk, 1, memory_order_relaxed)) < j->first_chunk[j->n];) {
         int m = 0;
         while (c >= j->first_chunk[m + 1]) m++;
@@ -1243,23 +1243,24 @@ static void matmul_rows(void *arg, int thread, int nt) {
                 for (int r = r0; r < r1; r++) j->out[m][r] = dot_row(w, r, j->x);
             continue;
         }
-        if (w->dtype != DTYPE_F32 && !rows && !(rows = malloc(sizeof(float) * TILE_ROWS * stride))) fatal("out of memory");
-        for (int r = r0; r < r1; r += TILE_ROWS) {
-            int n = r1 - r < TILE_ROWS ? r1 - r : TILE_ROWS;
-            const float *wr[TILE_ROWS];
-            for (int i = 0; i < TILE_ROWS; i++) {
-                int ri = r + (i < n ? i : n - 1); // past the end: repeat the last row, results dropped
-                wr[i] = (const float *)w->data + (size_t)ri * cols;
-                if (w->dtype != DTYPE_F32) {
-                    if (i < n) matrix_row(w, ri, rows + (size_t)i * stride);
-                    wr[i] = rows + (size_t)(i < n ? i : n - 1) * stride;
+        if (w->dtype != DTYPE_F32 && !rows && !(rows = malloc(sizeof(float) * CHUNK_ROWS * stride))) fatal("out of memory");
+        if (w->dtype != DTYPE_F32)
+            for (int r = r0; r < r1; r++) matrix_row(w, r, rows + (size_t)(r - r0) * stride);
+        // token groups outside, the chunk's row tiles inside: a group's packed x (cols x TILE_TOKENS
+        // floats) stays in L2 for the chunk's tiles; tiles outside streamed all of x from L3 for
+        // every tile (bench/RESULTS.md, eighth session: +10-35% on the 340M products of 512 tokens)
+        const float *xp = w->dtype == DTYPE_Q8 ? j->x_packed_q8 : j->x_packed;
+        for (int t0 = 0; t0 < j->T; t0 += TILE_TOKENS)
+            for (int r = r0; r < r1; r += TILE_ROWS) {
+                int n = r1 - r < TILE_ROWS ? r1 - r : TILE_ROWS;
+                const float *wr[TILE_ROWS];
+                for (int i = 0; i < TILE_ROWS; i++) {
+                    int ri = r + (i < n ? i : n - 1); // past the end: repeat the last row, results dropped
+                    wr[i] = w->dtype == DTYPE_F32 ? (const float *)w->data + (size_t)ri * cols : rows + (size_t)(ri - r0) * stride;
                 }
-            }
-            const float *xp = w->dtype == DTYPE_Q8 ? j->x_packed_q8 : j->x_packed;
-            for (int t0 = 0; t0 < j->T; t0 += TILE_TOKENS)
                 rows_times_tokens(j->out[m] + (size_t)t0 * w->rows + r, w->rows, wr, xp + (size_t)t0 * cols, cols, n,
                                   j->T - t0 < TILE_TOKENS ? j->T - t0 : TILE_TOKENS);
-        }
+            }
     }
     free(rows);
 }
