@@ -7,7 +7,8 @@
    `gemv_bench chain`: instead, 24 layers of a 1.3B GatedDeltaNet layer's four products in turn
    (in_proj, o_proj 2048x2048 with its group norm over heads of 256, gate_up, down: 111 MB a layer;
    120 MB with a 2048x4096 o_proj before 2026-12-01's fifth session), as one graph of dependents, with the
-   HLA_CUDA_GEMV_BLOCKS setting of run_cuda.cu.
+   HLA_CUDA_GEMV_BLOCKS setting of run_cuda.cu; GEMV_Q8=1: the same layer with q8 weights.
+   GEMV_ONLY=text: only the single shapes whose name contains text (e.g. "q8", "rms").
    Results: bench/cuda/gemv_experiments_h200.log. */
 #include "../../run_cuda.cu"
 
