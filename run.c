@@ -1605,7 +1605,10 @@ static void attention_merge(const Config *c, RunState *s, int n_ranges) {
     int hd = c->attn_head_dim, nq = c->attn_heads;
     for (int a = 0; a < nq; a++) {
         float M = -INFINITY, L = 0.0f, *o = s->o + (size_t)a * hd;
-        for (int r = 0; r < n_ranges; r++) M = range_m(s, nq, r)[a] > M ? range_m(s, nq, r)[a] : M;
+        for (int r = 0; r < n_ranges; r++) {
+            float m = range_m(s, nq, r)[a];
+            M = m > M ? m : M;
+        }
         memset(o, 0, sizeof(float) * hd);
         for (int r = 0; r < n_ranges; r++) {
             const float *m = range_m(s, nq, r), *l = m + nq, *acc = l + nq;
