@@ -192,12 +192,17 @@ __device__ static void quantize4(int4 *xq, float *x_scale, int i, float4 v) {
 
 /* A q8 GEMV's prologue writes x_q itself (xq non-null) where its threads hold whole groups of 64
    in half warps: the RMSNorm and plain paths and the per-warp group norm for groups of a
-   multiple of 64. It returns whether it did; if not, dst has the floats (quantize_xs next). */
+   multiple of 64. It returns whether it did; if not, dst has the floats (quantize_xs next).
+   loads_out() is called each time a round of the thread's loads of x is requested (gemv_kernel
+   acts on the first). */
+struct Nothing { __device__ void operator()() const {} };
+template <typename F = Nothing>
 __device__ static bool prologue_row(float *dst, const float *x, const float *gate, Prologue p, int n, int per_chunk = 0, int4 *xq = nullptr,
-                                    float *x_scale = nullptr) {
+                                    float *x_scale = nullptr, F loads_out = F()) {
     bool aligned = n % 4 == 0 && (uintptr_t)x % 16 == 0 && (!p.w || (uintptr_t)p.w % 16 == 0) && (!gate || (uintptr_t)gate % 16 == 0);
     bool whole = p.kind == NORM_RMS || (p.kind == NORM_GROUP && p.group == n); // one norm over the row (HGRN's, HGRN2's output norm too)
     if (!aligned || (p.kind == NORM_GROUP && !whole && (p.group % 4 || p.group > 128 * PROLOGUE_UNROLL))) { // (a group: one round of a warp)
+        loads_out(); // (this path loads one value at a time)
         prologue_row_plain(dst, x, gate, p, n, per_chunk);
         return false;
     }
@@ -215,6 +220,7 @@ __device__ static bool prologue_row(float *dst, const float *x, const float *gat
                 if (i < G4) wt[u] = w4[i];
                 if (gate && i < G4) gt[u] = g4[g * G4 + i];
             }
+            loads_out();
 #pragma unroll
             for (int u = 0; u < PROLOGUE_UNROLL; u++) ss += sq4(v[u]);
             float r = 1.0f / sqrtf(warp_sum(ss) / p.group + p.eps);
@@ -244,6 +250,7 @@ __device__ static bool prologue_row(float *dst, const float *x, const float *gat
                 v[u] = i < n4 ? x4[i] : make_float4(0, 0, 0, 0);
                 if (held && i < n4) w[u] = w4[i];
             }
+            loads_out();
 #pragma unroll
             for (int u = 0; u < PROLOGUE_UNROLL; u++) ss += sq4(v[u]);
         }
@@ -255,6 +262,7 @@ __device__ static bool prologue_row(float *dst, const float *x, const float *gat
             int i = base + u * blockDim.x;
             if (i < n4 && !held) { v[u] = x4[i]; w[u] = norm ? w4[i] : make_float4(1, 1, 1, 1); }
         }
+        loads_out();
 #pragma unroll
         for (int u = 0; u < PROLOGUE_UNROLL; u++) {
             int i = base + u * blockDim.x;
@@ -340,12 +348,17 @@ __host__ __device__ static size_t gemv_x_bytes(int dtype, int n_chunks) {
    row is two units, the gate's row and then the up's) as one stream of batches of
    GEMV_UNROLL chunks per lane. The batches go through a ring of GEMV_STAGES slots in shared
    memory, copied there by cp.async: a copy in flight holds no register, so each warp keeps
-   GEMV_STAGES - 1 batches (6 KB) in flight, across its row ends, and the first of them are
-   requested before the kernel waits for the one before it (the weights depend on nothing).
-   A lane reads back only the chunks it copied itself, so its own cp.async.wait_group is all
-   the synchronisation there is. Measured on the H200 (bench/cuda/gemv_experiments_h200.log
-   section 12): a 1.3B layer's four products 49.0 -> 43.0 us against two batches held in
-   registers per warp; rings of 8 stages (one block per SM) or 4 warps a block were slower. */
+   GEMV_STAGES - 1 batches (6 KB) in flight, across its row ends. A lane reads back only the
+   chunks it copied itself, so its own cp.async.wait_group is all the synchronisation there
+   is. Measured on the H200 (bench/cuda/gemv_experiments_h200.log section 12): a 1.3B layer's
+   four products 49.0 -> 43.0 us against two batches held in registers per warp; rings of 8
+   stages (one block per SM) or 4 warps a block were slower.
+   When the ring is first filled matters (section 20, a per-warp timeline of decode steps):
+   the kernel before counts as finished, and this one's wait returns, only once every request
+   in flight has landed, this kernel's early ones too, so a full ring requested before the
+   wait held the wait back ~2.3 us; and requests leave an SM in order, so ring batches
+   requested before x's loads delay x. So a warp requests GEMV_EARLY batches before the wait
+   (the weights depend on nothing) and the rest once the prologue's loads of x are out. */
 #ifndef GEMV_WARPS
 #define GEMV_WARPS 8
 #endif
@@ -354,6 +367,9 @@ __host__ __device__ static size_t gemv_x_bytes(int dtype, int n_chunks) {
 #endif
 #ifndef GEMV_STAGES
 #define GEMV_STAGES 4 // batches in a warp's ring (a power of two)
+#endif
+#ifndef GEMV_EARLY
+#define GEMV_EARLY 1 // of its first GEMV_STAGES - 1, the batches a warp requests before the wait
 #endif
 // a warp's ring in bytes (q8: each chunk's scale too); a block has fewer warps than GEMV_WARPS
 // only where the rings would not fit in the GPU's shared memory (gemv_launch)
@@ -449,13 +465,13 @@ template <int DTYPE> struct GemvStream {
         if (job.mode == OUT_GLU) y = silu(gate) * y;
         if (lane == 0) job.out[r] = job.mode == OUT_ADD ? job.out[r] + y : y;
     }
-    // the first GEMV_STAGES - 1 batches into slots 0, 1, ...; returns the cursor of the next
-    __device__ GemvCursor start(GemvCursor at) const {
-        for (int k = 0; k < GEMV_STAGES - 1; k++) {
+    // the warp's first batches, into slots from .. to - 1 (run() needs slots 0 .. GEMV_STAGES - 2
+    // requested); `at` moves on to the next batch
+    __device__ void start(GemvCursor &at, int from, int to) const {
+        for (int k = from; k < to; k++) {
             fetch(at, k);
             advance(at);
         }
-        return at;
     }
     // the warp's rows: batch i is summed from slot i % GEMV_STAGES once batch i + GEMV_STAGES - 1
     // is requested into the slot batch i - 1 was summed from
@@ -491,11 +507,17 @@ template <int DTYPE> __global__ void gemv_kernel(GemvJobs jobs, const float *x, 
     GemvStream<DTYPE> st{jobs, n_chunks, n_rows, (int)gridDim.x * warps, (int)threadIdx.x & 31, rings + warp * per_warp,
                          scale_rings + warp * per_warp, xq, x_scale};
     GemvCursor first = {(int)(blockIdx.x * warps + warp), 0, 0}, next = first;
-    if (n_chunks) next = st.start(first);
+    if (n_chunks) st.start(next, 0, GEMV_EARLY);
     // the weights above need nothing from the kernel before this one (see launch()), x does
     wait_for_inputs();
+    bool requested = !n_chunks;
+    auto request_rest = [&] { // the ring's other first batches, once (prologue_row calls it after its first loads)
+        if (!requested) st.start(next, GEMV_EARLY, GEMV_STAGES - 1);
+        requested = true;
+    };
     bool quantized = prologue_row(xs, x, p.gate, p, cols, n_chunks ? GemvStream<DTYPE>::PER_CHUNK : 0,
-                                  DTYPE == DTYPE_Q8 && n_chunks ? xq : nullptr, x_scale);
+                                  DTYPE == DTYPE_Q8 && n_chunks ? xq : nullptr, x_scale, request_rest);
+    request_rest(); // (threads the prologue gave nothing to load)
     __syncthreads();
     if (DTYPE == DTYPE_Q8 && n_chunks && !quantized) {
         quantize_xs(xq, x_scale, xs, n_chunks);
