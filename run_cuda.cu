@@ -354,11 +354,11 @@ __host__ __device__ static size_t gemv_x_bytes(int dtype, int n_chunks) {
    four products 49.0 -> 43.0 us against two batches held in registers per warp; rings of 8
    stages (one block per SM) or 4 warps a block were slower.
    When the ring is first filled matters (section 20, a per-warp timeline of decode steps):
-   the kernel before counts as finished, and this one's wait returns, only once every request
-   in flight has landed, this kernel's early ones too, so a full ring requested before the
-   wait held the wait back ~2.3 us; and requests leave an SM in order, so ring batches
-   requested before x's loads delay x. So a warp requests GEMV_EARLY batches before the wait
-   (the weights depend on nothing) and the rest once the prologue's loads of x are out. */
+   the wait returned only once the requests in flight had landed, this kernel's early ones
+   too, so a full ring requested before it held it back ~2.3 us (1 batch: ~0.7 us); and ring
+   batches requested before x's loads delayed x (the prologue 1.8 -> 4 us). So a warp requests
+   GEMV_EARLY batches before the wait (the weights depend on nothing) and the rest once the
+   prologue's loads of x are out. */
 #ifndef GEMV_WARPS
 #define GEMV_WARPS 8
 #endif
