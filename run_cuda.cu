@@ -371,6 +371,7 @@ __host__ __device__ static size_t gemv_x_bytes(int dtype, int n_chunks) {
 #ifndef GEMV_EARLY
 #define GEMV_EARLY 1 // of its first GEMV_STAGES - 1, the batches a warp requests before the wait
 #endif
+static_assert(GEMV_EARLY >= 0 && GEMV_EARLY <= GEMV_STAGES - 1, "GEMV_EARLY: 0 .. GEMV_STAGES - 1");
 // a warp's ring in bytes (q8: each chunk's scale too); a block has fewer warps than GEMV_WARPS
 // only where the rings would not fit in the GPU's shared memory (gemv_launch)
 #define GEMV_WARP_RING_BYTES(q8) (GEMV_STAGES * GEMV_UNROLL * 32 * ((q8) ? 16 + 4 : 16))
