@@ -1383,13 +1383,9 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
             j.x_packed_q8 = packed_q8;
         }
     }
-    const char *last = NULL; // one token: where the call's reading ends in the file
+    const char *last = NULL; // one token: where the call's reading ends in the file (dtype_bytes: q8 scales included)
     for (int i = 0; T == 1 && i < j.n; i++) {
         const char *e = (const char *)j.w[i]->data + dtype_bytes(j.w[i]->dtype, (uint64_t)j.w[i]->rows, (uint64_t)j.w[i]->cols);
-        if (j.w[i]->scales) {
-            const char *se = (const char *)(j.w[i]->scales + (size_t)j.w[i]->rows * (j.w[i]->cols / Q8_GROUP));
-            e = se > e ? se : e;
-        }
         last = e > last ? e : last;
     }
     if (last && last < weights_end) {
