@@ -169,6 +169,7 @@ __device__ static void prologue_row_plain(float *dst, const float *x, const floa
 #define PROLOGUE_UNROLL 4
 __device__ static float4 scale4(float4 a, float r, float4 w) { return make_float4(a.x * r * w.x, a.y * r * w.y, a.z * r * w.z, a.w * r * w.w); }
 __device__ static float sq4(float4 a) { return a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w; }
+__device__ static float4 gated4(float4 y, float4 g) { return make_float4(y.x * silu(g.x), y.y * silu(g.y), y.z * silu(g.z), y.w * silu(g.w)); }
 
 /* x for q8 rows, as run.c's quantize_x does it: each group of 64 values rounded to int16 with a
    scale of its own (|x_q| <= 32767, round half to even; a group that is not finite gets a NaN
@@ -229,7 +230,7 @@ __device__ static bool prologue_row(float *dst, const float *x, const float *gat
                 int i = lane + 32 * u;
                 if (i >= G4) break;
                 float4 y = scale4(v[u], r, wt[u]);
-                if (gate) y = make_float4(y.x * silu(gt[u].x), y.y * silu(gt[u].y), y.z * silu(gt[u].z), y.w * silu(gt[u].w));
+                if (gate) y = gated4(y, gt[u]);
                 if (xq) quantize4(xq, x_scale, g * G4 + i, y); // (G4 a multiple of 16: half warps stay whole)
                 else *(float4 *)(dst + xs_index(4 * (g * G4 + i), per_chunk)) = y;
             }
@@ -268,7 +269,7 @@ __device__ static bool prologue_row(float *dst, const float *x, const float *gat
             int i = base + u * blockDim.x;
             if (i >= n4) continue;
             float4 y = scale4(v[u], r, w[u]);
-            if (gate) { float4 g = g4[i]; y = make_float4(y.x * silu(g.x), y.y * silu(g.y), y.z * silu(g.z), y.w * silu(g.w)); }
+            if (gate) y = gated4(y, g4[i]);
             if (xq) quantize4(xq, x_scale, i, y); // (n4 a multiple of 16: half warps stay whole)
             else *(float4 *)(dst + xs_index(4 * i, per_chunk)) = y;
         }
@@ -360,8 +361,9 @@ __host__ __device__ static size_t gemv_x_bytes(int dtype, int n_chunks) {
    GEMV_EARLY batches before the wait (the weights depend on nothing) and the rest once the
    prologue's loads of x are out. */
 #ifndef GEMV_WARPS
-#define GEMV_WARPS 8
+#define GEMV_WARPS 8 // a block's warps (twice that for wide rows: gemv_launch)
 #endif
+static_assert(GEMV_WARPS >= 1 && GEMV_WARPS <= 16, "GEMV_WARPS: 1 .. 16");
 #ifndef GEMV_UNROLL
 #define GEMV_UNROLL 4 // 16-byte chunks per lane per batch
 #endif
@@ -372,8 +374,8 @@ __host__ __device__ static size_t gemv_x_bytes(int dtype, int n_chunks) {
 #define GEMV_EARLY 1 // of its first GEMV_STAGES - 1, the batches a warp requests before the wait
 #endif
 static_assert(GEMV_EARLY >= 0 && GEMV_EARLY <= GEMV_STAGES - 1, "GEMV_EARLY: 0 .. GEMV_STAGES - 1");
-// a warp's ring in bytes (q8: each chunk's scale too); a block has fewer warps than GEMV_WARPS
-// only where the rings would not fit in the GPU's shared memory (gemv_launch)
+// a warp's ring in bytes (q8: each chunk's scale too); a block has fewer warps than gemv_launch
+// asks only where the rings would not fit in the GPU's shared memory
 #define GEMV_WARP_RING_BYTES(q8) (GEMV_STAGES * GEMV_UNROLL * 32 * ((q8) ? 16 + 4 : 16))
 
 // 16 bytes from global to shared memory, asynchronously; the copies a thread requested since
@@ -770,7 +772,9 @@ typedef void (*GemvKernel)(GemvJobs, const float *, Prologue, int, int);
 // xs_bytes: the input row's shared memory; ring_bytes: a warp's ring (0: none, odd widths)
 static void gemv_launch(Gpu *gp, GemvKernel kernel, const GemvJobs &js, const float *x, Prologue p, int cols, int rows, size_t xs_bytes,
                         size_t ring_bytes) {
-    int warps = GEMV_WARPS, per_sm = 0;
+    // blocks of twice GEMV_WARPS for rows of 2,048 columns or more (the 1.3B shape's products:
+    // decode +3-8%), GEMV_WARPS below (the 340M's: 16 there 2.5% slower); gemv log section 21
+    int warps = cols >= 2048 ? 2 * GEMV_WARPS : GEMV_WARPS, per_sm = 0;
     while (warps > 1 && xs_bytes + warps * ring_bytes > gp->gemv_smem_max) warps--; // (gemv_reserve_smem: one fits)
     size_t smem = xs_bytes + warps * ring_bytes;
     CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, warps * 32, smem));
