@@ -1761,6 +1761,19 @@ static vfloat vlog_forget_gate(const LayerWeights *w, int layer, int d, vfloat f
 // a share of a linear layer's state rows (or channels, or tokens) for one batch of T tokens (run_parallel)
 typedef struct { const Model *m; const LayerWeights *w; LayerState *ls; RunState *s; int T, layer; } RowsJob;
 
+/* A thread's state rows lo..hi-1 over T tokens. Each row's tokens must go in order, but a
+   token's q, k and gates are the same for every row of its head: so the rows go in groups of
+   STATE_ROWS_AT_ONCE, each group token by token, and those vectors come from L2 once per group
+   instead of once per row (row by row, a 512-token prompt streamed them from L2 for every row,
+   ~1 MB each), while the group's independent rows overlap in the core. Each row's arithmetic is
+   unchanged (logits bit for bit the same). 340M fp32 512-token prompt, one thread, the
+   recurrence's share of the samples: HGRN2 13.9% -> 8.4%, GatedDeltaNet 19.7% -> 14.8%. */
+#define STATE_ROWS_AT_ONCE 16
+#define FOR_STATE_ROWS(row, t, lo, hi, T)                                               \
+    for (int row##_group = (lo); row##_group < (hi); row##_group += STATE_ROWS_AT_ONCE) \
+        for (int t = 0; t < (T); t++)                                                   \
+            for (int row = row##_group; row < (hi) && row < row##_group + STATE_ROWS_AT_ONCE; row++)
+
 /* HGRN: a gated vector recurrence, one value per channel (I = expand dim):
      f = sigmoid(W_f x) lifted by the layer's lower bound lb:  g = lb + (1 - lb) * sigmoid(W_f x)
      h_t = g * h_{t-1} + (1 - g) * silu(W_i x)
@@ -1849,21 +1862,19 @@ static void hgrn2_rows(void *arg, int thread, int nt) {
     RowsJob *jb = arg;
     const Config *c = &jb->m->c;
     int nh = c->lin_q_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim, F = nh * dk, Dv = nh * dv, n_rows = nh * dv;
-    for (int row = (int)((long)n_rows * thread / nt); row < (int)((long)n_rows * (thread + 1) / nt); row++) {
-        int h = row / dv, j = row % dv;          // head h, row j of its S^T: value channel j
+    const RunState *s = jb->s;
+    FOR_STATE_ROWS(row, t, (int)((long)n_rows * thread / nt), (int)((long)n_rows * (thread + 1) / nt), jb->T) {
+        int h = row / dv, j = row % dv; // head h, row j of its S^T: value channel j
         float *Sj = jb->ls->state + (size_t)h * dv * dk + (size_t)j * dk;
-        for (int t = 0; t < jb->T; t++) {
-            const RunState *s = jb->s;
-            const float *qh = s->q + (size_t)t * F + (size_t)h * dk, *kh = s->k + (size_t)t * F + (size_t)h * dk;
-            const float *gh = s->a + (size_t)t * F + (size_t)h * dk;
-            float vj = s->v[(size_t)t * Dv + (size_t)h * dv + j], *oj = s->o + (size_t)t * Dv + (size_t)h * dv + j;
+        const float *qh = s->q + (size_t)t * F + (size_t)h * dk, *kh = s->k + (size_t)t * F + (size_t)h * dk;
+        const float *gh = s->a + (size_t)t * F + (size_t)h * dk;
+        float vj = s->v[(size_t)t * Dv + (size_t)h * dv + j], *oj = s->o + (size_t)t * Dv + (size_t)h * dv + j;
 #ifdef SIMD_AVX512 // the two lines below in one sweep, the same numbers bit for bit
-            *oj = sweep_dot_simd512(SWEEP_DECAY, Sj, vj, gh, kh, qh, dk);
+        *oj = sweep_dot_simd512(SWEEP_DECAY, Sj, vj, gh, kh, qh, dk);
 #else
-            for (int i = 0; i < dk; i++) Sj[i] = gh[i] * Sj[i] + kh[i] * vj;      // S = diag(g) S + k v^T
-            *oj = dot_f32(Sj, qh, dk);                                            // o = S^T q
+        for (int i = 0; i < dk; i++) Sj[i] = gh[i] * Sj[i] + kh[i] * vj;      // S = diag(g) S + k v^T
+        *oj = dot_f32(Sj, qh, dk);                                            // o = S^T q
 #endif
-        }
     }
 }
 
@@ -1901,22 +1912,20 @@ static void gla_rows(void *arg, int thread, int nt) {
     const RunState *s = jb->s;
     int nq = c->lin_q_heads, nk = c->lin_k_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim, group = nq / nk;
     int Dq = nq * dk, Dk = nk * dk, Dv = nk * dv, Do = nq * dv, n_rows = nk * dv;
-    for (int row = (int)((long)n_rows * thread / nt); row < (int)((long)n_rows * (thread + 1) / nt); row++) {
-        int j = row / dv, e = row % dv;          // kv head j, row e of its S^T: value channel e
+    FOR_STATE_ROWS(row, t, (int)((long)n_rows * thread / nt), (int)((long)n_rows * (thread + 1) / nt), jb->T) {
+        int j = row / dv, e = row % dv; // kv head j, row e of its S^T: value channel e
         float *Se = jb->ls->state + (size_t)j * dv * dk + (size_t)e * dk;
-        for (int t = 0; t < jb->T; t++) {
-            const float *kh = s->k + (size_t)t * Dk + (size_t)j * dk, *ah = s->f + (size_t)t * Dk + (size_t)j * dk;
-            float ve = s->v[(size_t)t * Dv + (size_t)j * dv + e];
-            int h = j * group;
+        const float *kh = s->k + (size_t)t * Dk + (size_t)j * dk, *ah = s->f + (size_t)t * Dk + (size_t)j * dk;
+        float ve = s->v[(size_t)t * Dv + (size_t)j * dv + e];
+        int h = j * group;
 #ifdef SIMD_AVX512 // the update and the first head's o in one sweep, the same numbers bit for bit
-            s->o[(size_t)t * Do + (size_t)h * dv + e] = sweep_dot_simd512(SWEEP_DECAY, Se, ve, ah, kh, s->q + (size_t)t * Dq + (size_t)h * dk, dk);
-            h++;
+        s->o[(size_t)t * Do + (size_t)h * dv + e] = sweep_dot_simd512(SWEEP_DECAY, Se, ve, ah, kh, s->q + (size_t)t * Dq + (size_t)h * dk, dk);
+        h++;
 #else
-            for (int i = 0; i < dk; i++) Se[i] = ah[i] * Se[i] + kh[i] * ve;     // S = diag(a) S + k v^T
+        for (int i = 0; i < dk; i++) Se[i] = ah[i] * Se[i] + kh[i] * ve;     // S = diag(a) S + k v^T
 #endif
-            for (; h < (j + 1) * group; h++)                                      // o = S^T q, each query head of the group
-                s->o[(size_t)t * Do + (size_t)h * dv + e] = dot_f32(Se, s->q + (size_t)t * Dq + (size_t)h * dk, dk);
-        }
+        for (; h < (j + 1) * group; h++)                                      // o = S^T q, each query head of the group
+            s->o[(size_t)t * Do + (size_t)h * dv + e] = dot_f32(Se, s->q + (size_t)t * Dq + (size_t)h * dk, dk);
     }
 }
 
@@ -1974,6 +1983,7 @@ static void gla_layer(const Model *m, const LayerWeights *w, LayerState *ls, Run
      S_t = gamma_h S_{t-1} + k v^T
      o_t = S_t^T (q / sqrt(dk))
      out = W_o ( RMSNorm_dv(o) * silu(W_g x) ) */
+static float retnet_gamma(int h) { return 1.0f - exp2f(-5.0f - (float)h); }
 static void retnet_rows(void *arg, int thread, int nt) {
     RowsJob *jb = arg;
     const Config *c = &jb->m->c;
@@ -1982,24 +1992,21 @@ static void retnet_rows(void *arg, int thread, int nt) {
     int Dq = nq * dk, Dk = nk * dk, Dv = nk * dv, Do = nq * dv, n_rows = nq * dv;
     float scale = 1.0f / sqrtf((float)dk);
 #ifdef SIMD_AVX512
-    float *gammas = xcalloc((size_t)dk, sizeof(float)); // gamma in every column, for sweep_dot_simd512
+    float *gammas = xcalloc((size_t)nq * dk, sizeof(float)); // head h's gamma in every column, for sweep_dot_simd512
+    for (int i = 0; i < nq * dk; i++) gammas[i] = retnet_gamma(i / dk);
 #endif
-    for (int row = (int)((long)n_rows * thread / nt); row < (int)((long)n_rows * (thread + 1) / nt); row++) {
-        int h = row / dv, e = row % dv;          // query head h, row e of its S^T: value channel e
-        float gamma = 1.0f - exp2f(-5.0f - (float)h), *Se = jb->ls->state + (size_t)h * dv * dk + (size_t)e * dk;
-#ifdef SIMD_AVX512
-        for (int i = 0; i < dk; i++) gammas[i] = gamma;
-#endif
-        for (int t = 0; t < jb->T; t++) {
-            const float *kh = s->k + (size_t)t * Dk + (size_t)(h / group) * dk, *qh = s->q + (size_t)t * Dq + (size_t)h * dk;
-            float ve = s->v[(size_t)t * Dv + (size_t)(h / group) * dv + e], *oe = s->o + (size_t)t * Do + (size_t)h * dv + e;
+    FOR_STATE_ROWS(row, t, (int)((long)n_rows * thread / nt), (int)((long)n_rows * (thread + 1) / nt), jb->T) {
+        int h = row / dv, e = row % dv; // query head h, row e of its S^T: value channel e
+        float *Se = jb->ls->state + (size_t)h * dv * dk + (size_t)e * dk;
+        const float *kh = s->k + (size_t)t * Dk + (size_t)(h / group) * dk, *qh = s->q + (size_t)t * Dq + (size_t)h * dk;
+        float ve = s->v[(size_t)t * Dv + (size_t)(h / group) * dv + e], *oe = s->o + (size_t)t * Do + (size_t)h * dv + e;
 #ifdef SIMD_AVX512 // the two lines below in one sweep, the same numbers bit for bit
-            *oe = sweep_dot_simd512(SWEEP_DECAY, Se, ve, gammas, kh, qh, dk) * scale;
+        *oe = sweep_dot_simd512(SWEEP_DECAY, Se, ve, gammas + (size_t)h * dk, kh, qh, dk) * scale;
 #else
-            for (int i = 0; i < dk; i++) Se[i] = gamma * Se[i] + kh[i] * ve;     // S = gamma S + k v^T
-            *oe = dot_f32(Se, qh, dk) * scale;                                    // o = S^T q / sqrt(dk)
+        float gamma = retnet_gamma(h);
+        for (int i = 0; i < dk; i++) Se[i] = gamma * Se[i] + kh[i] * ve;     // S = gamma S + k v^T
+        *oe = dot_f32(Se, qh, dk) * scale;                                    // o = S^T q / sqrt(dk)
 #endif
-        }
     }
 #ifdef SIMD_AVX512
     free(gammas);
@@ -2046,23 +2053,21 @@ static void delta_rows(void *arg, int thread, int nt) {
     int gated = w->kind == KIND_GATED_DELTANET;
     int nq = c->lin_q_heads, nv = c->lin_v_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim, group = nv / nq;
     int Dk = nq * dk, Dv = nv * dv, n_rows = nv * dv;
-    for (int row = (int)((long)n_rows * thread / nt); row < (int)((long)n_rows * (thread + 1) / nt); row++) {
-        int j = row / dv, e = row % dv;          // value head j, row e of its S^T: value channel e
+    FOR_STATE_ROWS(row, t, (int)((long)n_rows * thread / nt), (int)((long)n_rows * (thread + 1) / nt), jb->T) {
+        int j = row / dv, e = row % dv; // value head j, row e of its S^T: value channel e
         float *Se = jb->ls->state + (size_t)j * dv * dk + (size_t)e * dk;
-        for (int t = 0; t < jb->T; t++) {
-            const float *qh = s->q + (size_t)t * Dk + (size_t)(j / group) * dk, *kh = s->k + (size_t)t * Dk + (size_t)(j / group) * dk;
-            float beta = s->b[(size_t)t * nv + j], alpha = s->a[(size_t)t * nv + j]; // (delta_layer)
-            float ve = s->v[(size_t)t * Dv + (size_t)j * dv + e], *oe = s->o + (size_t)t * Dv + (size_t)j * dv + e;
+        const float *qh = s->q + (size_t)t * Dk + (size_t)(j / group) * dk, *kh = s->k + (size_t)t * Dk + (size_t)(j / group) * dk;
+        float beta = s->b[(size_t)t * nv + j], alpha = s->a[(size_t)t * nv + j]; // (delta_layer)
+        float ve = s->v[(size_t)t * Dv + (size_t)j * dv + e], *oe = s->o + (size_t)t * Dv + (size_t)j * dv + e;
 #ifdef SIMD_AVX512 // the four lines below in two sweeps over the row, the same numbers bit for bit
-            float u = ve - (gated ? sweep_dot_simd512(SWEEP_SCALE, Se, alpha, NULL, kh, kh, dk) : dot_f32(Se, kh, dk));
-            *oe = sweep_dot_simd512(SWEEP_AXPY, Se, beta * u, NULL, kh, qh, dk);
+        float u = ve - (gated ? sweep_dot_simd512(SWEEP_SCALE, Se, alpha, NULL, kh, kh, dk) : dot_f32(Se, kh, dk));
+        *oe = sweep_dot_simd512(SWEEP_AXPY, Se, beta * u, NULL, kh, qh, dk);
 #else
-            if (gated) for (int i = 0; i < dk; i++) Se[i] *= alpha;           // S = alpha S
-            float u = ve - dot_f32(Se, kh, dk);                               // u = v - S^T k
-            for (int i = 0; i < dk; i++) Se[i] += beta * u * kh[i];          // S += k (beta u)^T
-            *oe = dot_f32(Se, qh, dk);                                        // o = S^T q
+        if (gated) for (int i = 0; i < dk; i++) Se[i] *= alpha;           // S = alpha S
+        float u = ve - dot_f32(Se, kh, dk);                               // u = v - S^T k
+        for (int i = 0; i < dk; i++) Se[i] += beta * u * kh[i];          // S += k (beta u)^T
+        *oe = dot_f32(Se, qh, dk);                                        // o = S^T q
 #endif
-        }
     }
 }
 
