@@ -1767,7 +1767,8 @@ typedef struct { const Model *m; const LayerWeights *w; LayerState *ls; RunState
    instead of once per row (row by row, a 512-token prompt streamed them from L2 for every row,
    ~1 MB each), while the group's independent rows overlap in the core. Each row's arithmetic is
    unchanged (logits bit for bit the same). 340M fp32 512-token prompt, one thread, the
-   recurrence's share of the samples: HGRN2 13.9% -> 8.4%, GatedDeltaNet 19.7% -> 14.8%. */
+   recurrence's share of the samples: HGRN2 13.9% -> 8.0%, GatedDeltaNet 18.8% -> 12.8%,
+   RetNet 28.0% -> 22.0% (bench/RESULTS.md, tenth session). */
 #define STATE_ROWS_AT_ONCE 16
 #define FOR_STATE_ROWS(row, t, lo, hi, T)                                               \
     for (int row##_group = (lo); row##_group < (hi); row##_group += STATE_ROWS_AT_ONCE) \
@@ -1993,7 +1994,8 @@ static void retnet_rows(void *arg, int thread, int nt) {
     float scale = 1.0f / sqrtf((float)dk);
 #ifdef SIMD_AVX512
     float *gammas = xcalloc((size_t)nq * dk, sizeof(float)); // head h's gamma in every column, for sweep_dot_simd512
-    for (int i = 0; i < nq * dk; i++) gammas[i] = retnet_gamma(i / dk);
+    for (int h = 0; h < nq; h++)
+        for (int i = 0; i < dk; i++) gammas[(size_t)h * dk + i] = retnet_gamma(h);
 #endif
     FOR_STATE_ROWS(row, t, (int)((long)n_rows * thread / nt), (int)((long)n_rows * (thread + 1) / nt), jb->T) {
         int h = row / dv, e = row % dv; // query head h, row e of its S^T: value channel e
