@@ -1761,7 +1761,7 @@ static vfloat vlog_forget_gate(const LayerWeights *w, int layer, int d, vfloat f
 // a share of a linear layer's state rows (or channels, or tokens) for one batch of T tokens (run_parallel)
 typedef struct { const Model *m; const LayerWeights *w; LayerState *ls; RunState *s; int T, layer; } RowsJob;
 
-/* A thread's state rows lo..hi-1 over T tokens. Each row's tokens must go in order, but a
+/* A thread's share of the n_rows state rows over T tokens. Each row's tokens must go in order, but a
    token's q, k and gates are the same for every row of its head: so the rows go in groups of
    STATE_ROWS_AT_ONCE, each group token by token, and those vectors come from L2 once per group
    instead of once per row (row by row, a 512-token prompt streamed them from L2 for every row,
@@ -1770,10 +1770,11 @@ typedef struct { const Model *m; const LayerWeights *w; LayerState *ls; RunState
    recurrence's share of the samples: HGRN2 13.9% -> 8.0%, GatedDeltaNet 18.8% -> 12.8%,
    RetNet 28.0% -> 22.0% (bench/RESULTS.md, tenth session). */
 #define STATE_ROWS_AT_ONCE 16
-#define FOR_STATE_ROWS(row, t, lo, hi, T)                                               \
-    for (int row##_group = (lo); row##_group < (hi); row##_group += STATE_ROWS_AT_ONCE) \
-        for (int t = 0; t < (T); t++)                                                   \
-            for (int row = row##_group; row < (hi) && row < row##_group + STATE_ROWS_AT_ONCE; row++)
+#define FOR_STATE_ROWS(row, t, n_rows, thread, nt, T)                                                    \
+    for (int row##_end = (int)((long)(n_rows) * ((thread) + 1) / (nt)), row##_group = (int)((long)(n_rows) * (thread) / (nt)); \
+         row##_group < row##_end; row##_group += STATE_ROWS_AT_ONCE)                                    \
+        for (int t = 0; t < (T); t++)                                                                    \
+            for (int row = row##_group; row < row##_end && row < row##_group + STATE_ROWS_AT_ONCE; row++)
 
 /* HGRN: a gated vector recurrence, one value per channel (I = expand dim):
      f = sigmoid(W_f x) lifted by the layer's lower bound lb:  g = lb + (1 - lb) * sigmoid(W_f x)
@@ -1864,7 +1865,7 @@ static void hgrn2_rows(void *arg, int thread, int nt) {
     const Config *c = &jb->m->c;
     int nh = c->lin_q_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim, F = nh * dk, Dv = nh * dv, n_rows = nh * dv;
     const RunState *s = jb->s;
-    FOR_STATE_ROWS(row, t, (int)((long)n_rows * thread / nt), (int)((long)n_rows * (thread + 1) / nt), jb->T) {
+    FOR_STATE_ROWS(row, t, n_rows, thread, nt, jb->T) {
         int h = row / dv, j = row % dv; // head h, row j of its S^T: value channel j
         float *Sj = jb->ls->state + (size_t)h * dv * dk + (size_t)j * dk;
         const float *qh = s->q + (size_t)t * F + (size_t)h * dk, *kh = s->k + (size_t)t * F + (size_t)h * dk;
@@ -1913,7 +1914,7 @@ static void gla_rows(void *arg, int thread, int nt) {
     const RunState *s = jb->s;
     int nq = c->lin_q_heads, nk = c->lin_k_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim, group = nq / nk;
     int Dq = nq * dk, Dk = nk * dk, Dv = nk * dv, Do = nq * dv, n_rows = nk * dv;
-    FOR_STATE_ROWS(row, t, (int)((long)n_rows * thread / nt), (int)((long)n_rows * (thread + 1) / nt), jb->T) {
+    FOR_STATE_ROWS(row, t, n_rows, thread, nt, jb->T) {
         int j = row / dv, e = row % dv; // kv head j, row e of its S^T: value channel e
         float *Se = jb->ls->state + (size_t)j * dv * dk + (size_t)e * dk;
         const float *kh = s->k + (size_t)t * Dk + (size_t)j * dk, *ah = s->f + (size_t)t * Dk + (size_t)j * dk;
@@ -1984,7 +1985,6 @@ static void gla_layer(const Model *m, const LayerWeights *w, LayerState *ls, Run
      S_t = gamma_h S_{t-1} + k v^T
      o_t = S_t^T (q / sqrt(dk))
      out = W_o ( RMSNorm_dv(o) * silu(W_g x) ) */
-static float retnet_gamma(int h) { return 1.0f - exp2f(-5.0f - (float)h); }
 static void retnet_rows(void *arg, int thread, int nt) {
     RowsJob *jb = arg;
     const Config *c = &jb->m->c;
@@ -1992,12 +1992,12 @@ static void retnet_rows(void *arg, int thread, int nt) {
     int nq = c->lin_q_heads, nk = c->lin_k_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim, group = nq / nk;
     int Dq = nq * dk, Dk = nk * dk, Dv = nk * dv, Do = nq * dv, n_rows = nq * dv;
     float scale = 1.0f / sqrtf((float)dk);
-#ifdef SIMD_AVX512
-    float *gammas = xcalloc((size_t)nq * dk, sizeof(float)); // head h's gamma in every column, for sweep_dot_simd512
-    for (int h = 0; h < nq; h++)
-        for (int i = 0; i < dk; i++) gammas[(size_t)h * dk + i] = retnet_gamma(h);
-#endif
-    FOR_STATE_ROWS(row, t, (int)((long)n_rows * thread / nt), (int)((long)n_rows * (thread + 1) / nt), jb->T) {
+    float *gammas = xcalloc((size_t)nq * dk, sizeof(float)); // head h's gamma in every column (a vector for sweep_dot_simd512)
+    for (int h = 0; h < nq; h++) {
+        float gamma = 1.0f - exp2f(-5.0f - (float)h);
+        for (int i = 0; i < dk; i++) gammas[(size_t)h * dk + i] = gamma;
+    }
+    FOR_STATE_ROWS(row, t, n_rows, thread, nt, jb->T) {
         int h = row / dv, e = row % dv; // query head h, row e of its S^T: value channel e
         float *Se = jb->ls->state + (size_t)h * dv * dk + (size_t)e * dk;
         const float *kh = s->k + (size_t)t * Dk + (size_t)(h / group) * dk, *qh = s->q + (size_t)t * Dq + (size_t)h * dk;
@@ -2005,14 +2005,12 @@ static void retnet_rows(void *arg, int thread, int nt) {
 #ifdef SIMD_AVX512 // the two lines below in one sweep, the same numbers bit for bit
         *oe = sweep_dot_simd512(SWEEP_DECAY, Se, ve, gammas + (size_t)h * dk, kh, qh, dk) * scale;
 #else
-        float gamma = retnet_gamma(h);
+        float gamma = gammas[(size_t)h * dk];
         for (int i = 0; i < dk; i++) Se[i] = gamma * Se[i] + kh[i] * ve;     // S = gamma S + k v^T
         *oe = dot_f32(Se, qh, dk) * scale;                                    // o = S^T q / sqrt(dk)
 #endif
     }
-#ifdef SIMD_AVX512
     free(gammas);
-#endif
 }
 
 static void retnet_layer(const Model *m, const LayerWeights *w, LayerState *ls, RunState *s, int T, int pos, float *out) {
@@ -2055,7 +2053,7 @@ static void delta_rows(void *arg, int thread, int nt) {
     int gated = w->kind == KIND_GATED_DELTANET;
     int nq = c->lin_q_heads, nv = c->lin_v_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim, group = nv / nq;
     int Dk = nq * dk, Dv = nv * dv, n_rows = nv * dv;
-    FOR_STATE_ROWS(row, t, (int)((long)n_rows * thread / nt), (int)((long)n_rows * (thread + 1) / nt), jb->T) {
+    FOR_STATE_ROWS(row, t, n_rows, thread, nt, jb->T) {
         int j = row / dv, e = row % dv; // value head j, row e of its S^T: value channel e
         float *Se = jb->ls->state + (size_t)j * dv * dk + (size_t)e * dk;
         const float *qh = s->q + (size_t)t * Dk + (size_t)(j / group) * dk, *kh = s->k + (size_t)t * Dk + (size_t)(j / group) * dk;
