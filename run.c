@@ -174,7 +174,6 @@ _Static_assert(sizeof(Config) <= HEADER_BYTES, "header");
 _Static_assert(sizeof(TensorEntry) == 128, "tensor entry");
 
 static int n_threads = 1;
-static const char *weights_end; // the end of the mapped weight file (pool_worker's prefetch stays inside)
 static int verbose = 0;     // --verbose: per-layer state norms after every forward
 
 static int checked_dim(const char *path, const char *what, int v, int lo, int hi) {
@@ -246,7 +245,6 @@ static void load_model(Model *m, const char *path) {
     m->map = mmap(NULL, m->map_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (m->map == MAP_FAILED) fatal("%s: mmap failed (%s)", path, strerror(errno));
-    weights_end = (const char *)m->map + m->map_bytes;
     Config *c = &m->c;
     memcpy(c, m->map, sizeof *c);
     if (memcmp(c->magic, MODEL_MAGIC, 4) != 0) fatal("%s: not an hla.c model file (bad magic)", path);
@@ -1039,8 +1037,9 @@ static float dot_f32(const float *a, const float *b, int n) {
    system call each: they spin on a generation counter for a while, then yield the CPU
    for a while (so that on a busy machine the thread we wait for gets to run), and only
    then sleep on a condition variable. The caller waits for them the same way.
-   After a one-token product a worker, while it spins, asks for the bytes that follow the
-   product's last in the file (pool.prefetch_from/end, set by matmuls): a token's products
+   After a one-token product a worker, while it spins, asks for the IDLE_PREFETCH_BYTES that
+   follow the product's last in the file (pool.prefetch_from, set by matmuls; a prefetch past
+   the end of the mapping is dropped by the CPU, it does not fault): a token's products
    read the file front to back, and between two of them the main thread's norms, roundings
    and calls leave memory idle (the worker waited 4% of its samples in a q8 decode; decode
    A/B interleaved, 256 KB ahead: 340M Transformer q8 +1.9-4.1%, bf16 +1.6%, 1.3B
@@ -1049,6 +1048,7 @@ static float dot_f32(const float *a, const float *b, int n) {
 #include <stdatomic.h>
 #define POOL_SPINS 2000   // pause instructions before yielding
 #define POOL_YIELDS 2000  // sched_yield calls before sleeping
+#define IDLE_PREFETCH_BYTES (256 << 10) // asked for by the workers after a one-token product
 typedef void (*ParallelFn)(void *arg, int thread, int n_threads);
 static struct {
     pthread_t threads[64];
@@ -1059,7 +1059,7 @@ static struct {
     void *arg;
     atomic_ulong generation;
     atomic_int pending;
-    _Atomic(const char *) prefetch_from, prefetch_end; // what the workers ask for after this call
+    _Atomic(const char *) prefetch_from; // where the workers' asking starts after this call (NULL: none)
 } pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .start = PTHREAD_COND_INITIALIZER};
 
 static void cpu_relax(void) {
@@ -1084,11 +1084,10 @@ static void *pool_worker(void *arg) {
         seen = g;
         pool.fn(pool.arg, id, n_threads);
         // this worker's share of the bytes to ask for (read before the call is reported done)
-        const char *from = atomic_load_explicit(&pool.prefetch_from, memory_order_relaxed), *p = NULL, *end = NULL;
-        if (from) {
-            size_t share = (size_t)(atomic_load_explicit(&pool.prefetch_end, memory_order_relaxed) - from) / (n_threads - 1);
-            p = from + share * (id - 1);
-            end = p + share;
+        const char *p = atomic_load_explicit(&pool.prefetch_from, memory_order_relaxed), *end = p;
+        if (p) {
+            p += (size_t)IDLE_PREFETCH_BYTES / (n_threads - 1) * (id - 1);
+            end = p + (size_t)IDLE_PREFETCH_BYTES / (n_threads - 1);
         }
         atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
         for (; p < end && atomic_load_explicit(&pool.generation, memory_order_relaxed) == seen; p += 64) __builtin_prefetch(p, 0, 2);
@@ -1231,7 +1230,6 @@ typedef struct {
 } MatmulJob;
 #define CHUNK_ROWS (4 * TILE_ROWS)     // a batch's chunk
 #define DECODE_CHUNK_BYTES (256 << 10) // one token's: 256 KB of weights (little of it prefetched for nothing)
-#define IDLE_PREFETCH_BYTES (256 << 10) // asked for by the workers after a one-token product (pool_worker)
 
 /* Each thread takes a chunk of rows of a matrix at a time, as long as some are left (on a
    shared machine one core can fall behind: equal shares made the other wait). One token:
@@ -1388,10 +1386,7 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
         const char *e = (const char *)j.w[i]->data + dtype_bytes(j.w[i]->dtype, (uint64_t)j.w[i]->rows, (uint64_t)j.w[i]->cols);
         last = e > last ? e : last;
     }
-    if (last && last < weights_end) {
-        atomic_store_explicit(&pool.prefetch_from, last, memory_order_relaxed);
-        atomic_store_explicit(&pool.prefetch_end, (size_t)(weights_end - last) < IDLE_PREFETCH_BYTES ? weights_end : last + IDLE_PREFETCH_BYTES, memory_order_relaxed);
-    }
+    atomic_store_explicit(&pool.prefetch_from, last, memory_order_relaxed);
     if (!blas && work < (1u << 15)) matmul_rows(&j, 0, 1); // too small to share
     else if (!blas) run_parallel(matmul_rows, &j);
     atomic_store_explicit(&pool.prefetch_from, NULL, memory_order_relaxed);
