@@ -586,6 +586,13 @@ static float apply_feature_map(int fmap, float x) {
 }
 
 static float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+// fp32 -> bf16, rounded to nearest even (as torch and CUDA's __float2bfloat16 round); NaN stays NaN
+static uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
 static float f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 31, man = h & 1023, u;
     if (exp == 0) {
@@ -1191,6 +1198,12 @@ static void pack_tokens(float *xp, const float *x, int T, int cols) {
                     xp[(size_t)t0 * cols + (size_t)k * TILE_TOKENS + t] = t0 + t < T ? x[(size_t)(t0 + t) * cols + k] : 0.0f;
 }
 
+static float *packed_tokens(const float *x, int T, int cols) {
+    float *xp = xcalloc((size_t)(T + TILE_TOKENS - 1) / TILE_TOKENS * TILE_TOKENS * cols, sizeof(float));
+    pack_tokens(xp, x, T, cols);
+    return xp;
+}
+
 // out[t0 + t][r] for the n rows w[0..n) (n <= TILE_ROWS) and the nt real tokens of one packed group
 static void rows_times_tokens(float *out, int out_stride, const float *const w[TILE_ROWS], const float *xp, int cols, int n, int nt) {
     vfloat acc[TILE_ROWS][2];
@@ -1209,6 +1222,79 @@ static void rows_times_tokens(float *out, int out_stride, const float *const w[T
         for (int i = 0; i < n; i++) out[(size_t)t * out_stride + i] = t < VEC_FLOATS ? acc[i][0][t] : acc[i][1][t - VEC_FLOATS];
 }
 
+/* bf16 weights multiply x rounded to bf16 too, on every path (one token and a batch, CPU and
+   GPU), as fla's bf16 models, llama.cpp's bf16 and the GPU's tensor cores do: each product of
+   two bf16 values is then exact in fp32, and only the order of the fp32 sums differs between
+   the kernels below. The rounding of x, 2^-9 of each value, is that of the weights themselves.
+   Where the CPU has AMX (Intel's tile unit, Sapphire Rapids on), a bf16 batch goes through its
+   tiles: TDPBF16PS multiplies a 16 x 32 tile of bf16 tokens by a 32 x 16 tile of bf16 weights
+   into 16 x 16 fp32 sums in one instruction. Measured on the dev VM's Xeon, one core:
+   AMX 2,310 GFLOP/s, AVX-512 fp32 FMA 180, AVX512-BF16's vdpbf16ps 89 (half the FMA's rate
+   there, so that one is not used). Linux hands out the tiles' 8 KB of state only on request
+   (arch_prctl); HLA_AMX=0 turns them off. */
+#define AMX_ROWS 32 // a chunk of weight rows: two A tiles, one above the other; tokens go 32 at a time too (two B tiles)
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__) && defined(__x86_64__)
+#define SIMD_AMX 1
+#include <sys/syscall.h>
+static int amx_ready(void) { // (first called from the main thread, in matmuls)
+    static int ready = -1;
+    if (ready < 0) {
+        const char *env = getenv("HLA_AMX");
+        ready = !(env && !strcmp(env, "0")) && syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+    }
+    return ready;
+}
+// every tile 16 rows of 64 bytes (palette 1); per thread, before its first tile instruction
+static void amx_configure(void) {
+    struct { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } __attribute__((packed)) cfg = {.palette = 1};
+    for (int i = 0; i < 8; i++) { cfg.colsb[i] = 64; cfg.rows[i] = 16; }
+    _tile_loadconfig(&cfg);
+}
+/* x [T][cols] in B tiles (x_amx): per 16 tokens and 32 columns ks, one tile of 16 x 16 pairs,
+   pair [kp][t] = (x[t][32 ks + 2 kp], x[t][32 ks + 2 kp + 1]) in bf16; tokens past T are 0 up to a
+   multiple of 32. The weights need no such packing: 16 rows of 32 bf16 columns, as they lie in
+   the file, are an A tile. */
+static uint32_t *amx_pack_tokens(const float *x, int T, int cols) {
+    int ks_n = cols / 32, groups = (T + 31) / 32 * 2;
+    uint32_t *xv = xcalloc((size_t)groups * ks_n * 256, sizeof(uint32_t));
+    for (int t = 0; t < T; t++)
+        for (int p = 0; p < cols / 2; p++) {
+            uint32_t pair = f32_to_bf16(x[(size_t)t * cols + 2 * p]) | (uint32_t)f32_to_bf16(x[(size_t)t * cols + 2 * p + 1]) << 16;
+            xv[(((size_t)(t / 16) * ks_n + p / 16) * 16 + p % 16) * 16 + t % 16] = pair;
+        }
+    return xv;
+}
+/* out[t][r0 + i] for the n <= 32 rows at w (bf16, `cols` apart; a whole 32 of them readable) and
+   all T tokens: per 32 tokens, 2 x 2 tiles of sums, rows x tokens, stored and turned around */
+static void amx_rows_times_tokens(float *out, int out_stride, const uint16_t *w, const uint32_t *xv, int cols, int n, int T) {
+    float c[32][32] __attribute__((aligned(64)));
+    int ks_n = cols / 32;
+    for (int t0 = 0; t0 < T; t0 += 32) {
+        const uint32_t *x0 = xv + (size_t)(t0 / 16) * ks_n * 256, *x1 = x0 + (size_t)ks_n * 256;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int ks = 0; ks < ks_n; ks++) {
+            _tile_loadd(4, w + 32 * ks, cols * 2);                     // rows 0 .. 15
+            _tile_loadd(5, w + (size_t)16 * cols + 32 * ks, cols * 2); // rows 16 .. 31
+            _tile_loadd(6, x0 + (size_t)ks * 256, 64);                 // tokens t0 .. t0 + 15
+            _tile_loadd(7, x1 + (size_t)ks * 256, 64);                 // t0 + 16 .. t0 + 31
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, &c[0][0], 128);
+        _tile_stored(1, &c[0][16], 128);
+        _tile_stored(2, &c[16][0], 128);
+        _tile_stored(3, &c[16][16], 128);
+        for (int t = 0; t < 32 && t0 + t < T; t++)
+            for (int i = 0; i < n; i++) out[(size_t)(t0 + t) * out_stride + i] = c[i][t];
+    }
+}
+#endif
+
 /* matmul: out[t][r] = sum_j W[r][j] * x[t][j] for T tokens. THE hot spot: nearly all
    of a token's time is spent here, reading the weights. Rows are shared among the threads
    in chunks (matmul_rows). One token: each row is dotted straight from its dtype. Several
@@ -1221,10 +1307,13 @@ typedef struct {
     float *out[MAX_MATMULS];
     const Matrix *w[MAX_MATMULS];
     const float *x;
-    const float *x_pairs;  // one token, bf16 weights: x in bf16 pair order
+    const float *x_bf16;   // bf16 weights: x rounded to bf16 values
+    const float *x_pairs;  // one token, bf16 weights: the rounded x in bf16 pair order
     const QuantizedX *x_q8; // one token, q8 weights: x in int16 (quantize_x)
     const float *x_packed; // a batch: x packed by pack_tokens
     const float *x_packed_q8; // ... and for q8 weights, the rounded x packed
+    const float *x_packed_bf16; // ... and for bf16 weights
+    const uint32_t *x_amx; // a batch, bf16 weights, AMX: x in B tiles (amx_pack_tokens)
     int chunk_rows[MAX_MATMULS], first_chunk[MAX_MATMULS + 1]; // matrix i's rows: chunks first_chunk[i].. of chunk_rows[i]
     atomic_int next_chunk; // the next chunk nobody has taken
 } MatmulJob;
@@ -1241,6 +1330,7 @@ static void matmul_rows(void *arg, int thread, int nt) {
     int cols = j->w[0]->cols;
     size_t stride = (size_t)cols + ROW_PAD_FLOATS;
     float *rows = NULL; // narrow weights as fp32, a chunk's rows
+    uint16_t *amx_rows = NULL; // AMX: a last chunk's rows, padded with zeros
     for (int c; (c = atomic_fetch_add_explicit(&j->next_chunk, 1, memory_order_relaxed)) < j->first_chunk[j->n];) {
         int m = 0;
         while (c >= j->first_chunk[m + 1]) m++;
@@ -1256,16 +1346,32 @@ static void matmul_rows(void *arg, int thread, int nt) {
             if (w->dtype == DTYPE_Q8)
                 for (int r = r0; r < r1; r++) j->out[m][r] = dot_row_q8(w, r, j->x_q8);
             else
-                for (int r = r0; r < r1; r++) j->out[m][r] = dot_row(w, r, j->x);
+                for (int r = r0; r < r1; r++) j->out[m][r] = dot_row(w, r, w->dtype == DTYPE_BF16 ? j->x_bf16 : j->x);
             continue;
         }
+#ifdef SIMD_AMX
+        if (j->x_amx && w->dtype == DTYPE_BF16) { // (chunks of AMX_ROWS rows)
+            if (!amx_rows) {
+                amx_rows = xcalloc((size_t)AMX_ROWS * cols, sizeof(uint16_t));
+                amx_configure();
+            }
+            const uint16_t *wr = (const uint16_t *)w->data + (size_t)r0 * cols;
+            if (r1 - r0 < AMX_ROWS) { // the last chunk: its rows and zeros (tiles read 32 rows)
+                memcpy(amx_rows, wr, sizeof(uint16_t) * (size_t)(r1 - r0) * cols);
+                memset(amx_rows + (size_t)(r1 - r0) * cols, 0, sizeof(uint16_t) * (size_t)(AMX_ROWS - (r1 - r0)) * cols);
+                wr = amx_rows;
+            }
+            amx_rows_times_tokens(j->out[m] + r0, w->rows, wr, j->x_amx, cols, r1 - r0, j->T);
+            continue;
+        }
+#endif
         if (w->dtype != DTYPE_F32 && !rows && !(rows = malloc(sizeof(float) * CHUNK_ROWS * stride))) fatal("out of memory");
         if (w->dtype != DTYPE_F32)
             for (int r = r0; r < r1; r++) matrix_row(w, r, rows + (size_t)(r - r0) * stride);
         // token groups outside, the chunk's row tiles inside: a group's packed x (cols x TILE_TOKENS
         // floats) stays in L2 for the chunk's tiles; tiles outside streamed all of x from L3 for
         // every tile (bench/RESULTS.md, eighth session: +10-35% on the 340M products of 512 tokens)
-        const float *xp = w->dtype == DTYPE_Q8 ? j->x_packed_q8 : j->x_packed;
+        const float *xp = w->dtype == DTYPE_Q8 ? j->x_packed_q8 : w->dtype == DTYPE_BF16 ? j->x_packed_bf16 : j->x_packed;
         for (int t0 = 0; t0 < j->T; t0 += TILE_TOKENS)
             for (int r = r0; r < r1; r += TILE_ROWS) {
                 int n = r1 - r < TILE_ROWS ? r1 - r : TILE_ROWS;
@@ -1279,6 +1385,10 @@ static void matmul_rows(void *arg, int thread, int nt) {
             }
     }
     free(rows);
+#ifdef SIMD_AMX
+    if (amx_rows) _tile_release();
+#endif
+    free(amx_rows);
 }
 
 #ifdef USE_OPENBLAS
@@ -1322,31 +1432,44 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
     if (n > MAX_MATMULS) fatal("internal: %d matrices in one matmuls call", n);
     MatmulJob j = {.T = T, .x = x};
     size_t work = 0;
-    int bf16 = 0, q8 = 0, other = 0;
+    int bf16 = 0, q8 = 0, other = 0, amx = 0;
     for (int i = 0; i < n; i++) {
         if (!w[i]->data) continue; // a projection this layer does not have
         j.out[j.n] = out[i];
-        j.w[j.n] = w[i];
-        size_t row_bytes = dtype_bytes(w[i]->dtype, 1, (uint64_t)w[i]->cols);
-        j.chunk_rows[j.n] = T > 1 || row_bytes * CHUNK_ROWS >= DECODE_CHUNK_BYTES ? CHUNK_ROWS : (int)(DECODE_CHUNK_BYTES / row_bytes);
-        j.first_chunk[j.n + 1] = j.first_chunk[j.n] + (w[i]->rows + j.chunk_rows[j.n] - 1) / j.chunk_rows[j.n];
-        j.n++;
+        j.w[j.n++] = w[i];
         work += (size_t)w[i]->rows * w[i]->cols * T;
         bf16 |= w[i]->dtype == DTYPE_BF16;
         q8 |= w[i]->dtype == DTYPE_Q8;
-        other |= w[i]->dtype != DTYPE_Q8;
+        other |= w[i]->dtype != DTYPE_Q8 && w[i]->dtype != DTYPE_BF16;
     }
     if (!j.n) return;
     int cols = j.w[0]->cols;
-    float *pairs = NULL; // (buffers per call: nothing outlives the run state)
+#ifdef SIMD_AMX
+    amx = T > 1 && bf16 && cols % 32 == 0 && amx_ready();
+#endif
+    for (int i = 0; i < j.n; i++) {
+        size_t row_bytes = dtype_bytes(j.w[i]->dtype, 1, (uint64_t)cols);
+        j.chunk_rows[i] = amx && j.w[i]->dtype == DTYPE_BF16 ? AMX_ROWS
+                          : T > 1 || row_bytes * CHUNK_ROWS >= DECODE_CHUNK_BYTES ? CHUNK_ROWS : (int)(DECODE_CHUNK_BYTES / row_bytes);
+        j.first_chunk[i + 1] = j.first_chunk[i] + (j.w[i]->rows + j.chunk_rows[i] - 1) / j.chunk_rows[i];
+    }
+    float *pairs = NULL, *x_bf16 = NULL; // (buffers per call: nothing outlives the run state)
+    uint32_t *x_amx = NULL;
+    if (bf16) {
+        x_bf16 = xcalloc((size_t)T * cols, sizeof(float));
+        for (size_t i = 0; i < (size_t)T * cols; i++) x_bf16[i] = bf16_to_f32(f32_to_bf16(x[i]));
+        j.x_bf16 = x_bf16;
+    }
+#ifdef SIMD_AMX
+    if (amx) j.x_amx = x_amx = amx_pack_tokens(x, T, cols);
+#endif
 #ifdef SIMD_AVX512
     if (T == 1 && bf16 && cols % 32 == 0) { // once per input, for all threads
         pairs = xcalloc((size_t)cols, sizeof(float));
-        bf16_pair_order(pairs, x, cols);
+        bf16_pair_order(pairs, x_bf16, cols);
         j.x_pairs = pairs;
     }
 #endif
-    (void)bf16;
     QuantizedX xq = {0};
     float *rounded = NULL; // a batch for q8 weights: each token's x rounded as for one token, as floats
     if (q8) {
@@ -1362,24 +1485,17 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
         }
         j.x_q8 = &xq;
     }
-    float *packed = NULL, *packed_q8 = NULL;
+    float *packed = NULL, *packed_q8 = NULL, *packed_bf16 = NULL;
     int blas = 0;
 #ifdef USE_OPENBLAS
-    blas = T > 1;
-    for (int i = 0; blas && i < j.n; i++) matmul_blas(j.out[i], j.w[i]->dtype == DTYPE_Q8 ? rounded : x, j.w[i], T);
+    blas = T > 1 && !amx;
+    for (int i = 0; blas && i < j.n; i++)
+        matmul_blas(j.out[i], j.w[i]->dtype == DTYPE_Q8 ? rounded : j.w[i]->dtype == DTYPE_BF16 ? x_bf16 : x, j.w[i], T);
 #endif
     if (T > 1 && !blas) { // x packed once for all threads and matrices
-        size_t packed_floats = (size_t)(T + TILE_TOKENS - 1) / TILE_TOKENS * TILE_TOKENS * cols;
-        if (other) {
-            packed = xcalloc(packed_floats, sizeof(float));
-            pack_tokens(packed, x, T, cols);
-            j.x_packed = packed;
-        }
-        if (q8) {
-            packed_q8 = xcalloc(packed_floats, sizeof(float));
-            pack_tokens(packed_q8, rounded, T, cols);
-            j.x_packed_q8 = packed_q8;
-        }
+        if (other) j.x_packed = packed = packed_tokens(x, T, cols);
+        if (q8) j.x_packed_q8 = packed_q8 = packed_tokens(rounded, T, cols);
+        if (bf16 && !amx) j.x_packed_bf16 = packed_bf16 = packed_tokens(x_bf16, T, cols);
     }
     const char *last = NULL; // one token: where the call's reading ends in the file (dtype_bytes: q8 scales included)
     for (int i = 0; T == 1 && i < j.n; i++) {
@@ -1392,6 +1508,9 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
     atomic_store_explicit(&pool.prefetch_from, NULL, memory_order_relaxed);
     free(packed);
     free(packed_q8);
+    free(packed_bf16);
+    free(x_bf16);
+    free(x_amx);
     free(rounded);
     free(xq.q);
     free(xq.scale);
@@ -3081,6 +3200,21 @@ static void print_info(const Model *m, int ctx) {
     printf("\n  pure Transformer, same size");
     for (int i = 0; i < 3; i++) printf(" %11.1f MB", (double)transformer_per_token * lens[i] / 1e6);
     printf("\n");
+    const char *simd = "plain C", *vnni = "", *amx = "";
+#if defined(SIMD_AVX512)
+    simd = "AVX-512";
+#elif defined(SIMD_NEON)
+    simd = "NEON";
+#elif defined(SIMD_DOT)
+    simd = "AVX2/FMA";
+#endif
+#ifdef __AVX512VNNI__
+    vnni = " (VNNI for q8)";
+#endif
+#ifdef SIMD_AMX
+    amx = amx_ready() ? ", AMX tiles for bf16 prompt batches" : ", AMX built in but off (HLA_AMX=0, or the kernel did not grant it)";
+#endif
+    printf("cpu kernels: %s%s%s\n", simd, vnni, amx);
     (void)ctx;
 }
 

@@ -125,7 +125,13 @@ __device__ static float weight_at(const Matrix &w, size_t i) {
      NORM_GROUP  per group of `group` channels: RMSNorm(x_g) * w [* silu(gate_g)]
                  (the linear layers' output norms: per head, or over the whole output) */
 enum { NORM_NONE, NORM_RMS, NORM_GROUP };
-struct Prologue { int kind; const float *w, *gate; int group; float eps; };
+struct Prologue { int kind; const float *w, *gate; int group; float eps; int round_bf16; };
+// a value of x as the GEMV multiplies it: bf16 weights take x rounded to bf16 (run.c's matmuls:
+// each product is then exact in fp32, as in the prompt path's tensor-core GEMMs)
+__device__ static float x_value(const Prologue &p, float y) { return p.round_bf16 ? __bfloat162float(__float2bfloat16(y)) : y; }
+__device__ static float4 x_value4(const Prologue &p, float4 y) {
+    return make_float4(x_value(p, y.x), x_value(p, y.y), x_value(p, y.z), x_value(p, y.w));
+}
 
 /* Where x[i] goes in a GEMV's shared memory (per_chunk: the floats one 16-byte chunk of
    weights multiplies; 0: in order). Per 32 consecutive chunks, the chunk's floats in float4
@@ -140,12 +146,12 @@ __device__ static int xs_index(int i, int per_chunk) {
 
 __device__ static void prologue_row_plain(float *dst, const float *x, const float *gate, Prologue p, int n, int per_chunk) {
     if (p.kind == NORM_NONE) {
-        for (int i = threadIdx.x; i < n; i += blockDim.x) dst[xs_index(i, per_chunk)] = x[i];
+        for (int i = threadIdx.x; i < n; i += blockDim.x) dst[xs_index(i, per_chunk)] = x_value(p, x[i]);
     } else if (p.kind == NORM_RMS) {
         float ss = 0.0f;
         for (int i = threadIdx.x; i < n; i += blockDim.x) ss += x[i] * x[i];
         float r = 1.0f / sqrtf(block_sum(ss) / n + p.eps);
-        for (int i = threadIdx.x; i < n; i += blockDim.x) dst[xs_index(i, per_chunk)] = x[i] * r * p.w[i];
+        for (int i = threadIdx.x; i < n; i += blockDim.x) dst[xs_index(i, per_chunk)] = x_value(p, x[i] * r * p.w[i]);
     } else { // one warp per group
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, G = p.group;
         for (int g = warp; g < n / G; g += blockDim.x >> 5) {
@@ -155,7 +161,7 @@ __device__ static void prologue_row_plain(float *dst, const float *x, const floa
             float r = 1.0f / sqrtf(warp_sum(ss) / G + p.eps);
             for (int i = lane; i < G; i += 32) {
                 float y = xg[i] * r * p.w[i];
-                dst[xs_index(g * G + i, per_chunk)] = gate ? y * silu(gate[(size_t)g * G + i]) : y;
+                dst[xs_index(g * G + i, per_chunk)] = x_value(p, gate ? y * silu(gate[(size_t)g * G + i]) : y);
             }
         }
     }
@@ -232,7 +238,7 @@ __device__ static bool prologue_row(float *dst, const float *x, const float *gat
                 float4 y = scale4(v[u], r, wt[u]);
                 if (gate) y = gated4(y, gt[u]);
                 if (xq) quantize4(xq, x_scale, g * G4 + i, y); // (G4 a multiple of 16: half warps stay whole)
-                else *(float4 *)(dst + xs_index(4 * (g * G4 + i), per_chunk)) = y;
+                else *(float4 *)(dst + xs_index(4 * (g * G4 + i), per_chunk)) = x_value4(p, y);
             }
         }
         return xq != nullptr;
@@ -271,7 +277,7 @@ __device__ static bool prologue_row(float *dst, const float *x, const float *gat
             float4 y = scale4(v[u], r, w[u]);
             if (gate) y = gated4(y, g4[i]);
             if (xq) quantize4(xq, x_scale, i, y); // (n4 a multiple of 16: half warps stay whole)
-            else *(float4 *)(dst + xs_index(4 * i, per_chunk)) = y;
+            else *(float4 *)(dst + xs_index(4 * i, per_chunk)) = x_value4(p, y);
         }
     }
     return xq != nullptr;
@@ -500,6 +506,7 @@ __device__ static float dot_row_plain(const Matrix &w, int r, const float *x, in
 
 template <int DTYPE> __global__ void gemv_kernel(GemvJobs jobs, const float *x, Prologue p, int cols, int n_rows) {
     extern __shared__ float xs[];
+    p.round_bf16 = DTYPE == DTYPE_BF16;
     int esize = DTYPE == DTYPE_F32 ? 4 : DTYPE == DTYPE_Q8 ? 1 : 2, row_bytes = cols * esize;
     int n_chunks = row_bytes % 16 == 0 ? row_bytes / 16 : 0, warp = threadIdx.x >> 5;
     int xs_floats = (n_chunks + 31) / 32 * 32 * GemvStream<DTYPE>::PER_CHUNK; // (whole 32-chunk blocks: xs_index)

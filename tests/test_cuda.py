@@ -26,9 +26,11 @@ HAS_GPU = shutil.which("nvidia-smi") is not None and subprocess.run(["nvidia-smi
 gpu = pytest.mark.skipif(not HAS_GPU, reason="no GPU on this machine (run tests/cuda_device.sh on one)")
 
 # max |logit - fla fp32 logit| with --device cuda per weight dtype (the CPU's bounds, test_dtypes.py);
-# the prompt path multiplies 16-bit weights with activations rounded to the same 16-bit type on
-# the tensor cores, the one-token path with fp32 activations: how far apart the two may be
-PROMPT_VS_DECODE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 6e-2, "q8": 6e-2}
+# the prompt path multiplies fp16 and q8 weights (widened to bf16) with activations rounded to the
+# same 16-bit type on the tensor cores, the one-token path with fp32 activations (q8: int16); bf16
+# weights take x rounded to bf16 on both paths, as on the CPU, so they differ where x's rounding
+# flips (measured 2.4e-7 .. 6.8e-3 on the H200, as on the CPU): how far apart the two may be
+PROMPT_VS_DECODE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 1.5e-2, "q8": 6e-2}
 DTYPE_TOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 1e-1, "q8": 2.5e-1}
 
 
@@ -119,9 +121,14 @@ def test_cuda_weight_dtype_against_fla_fp32(name, dtype, exported, tmp_path):
 PAPER = REPO / "tests" / "paper_shapes"
 # This random RetNet hybrid is ill-conditioned: on the CPU alone, summing in another order
 # (make BLAS=1 against our own kernel) moves its logits by 2.5e-3 of the largest; GatedDeltaNet's
-# by 3e-6. So its fp32 bound is twice that, the others' 1e-4; and its bf16 prompt path, whose
-# activations are rounded to bf16 (2^-9, not 2^-24), is printed but not bounded (0.27 measured).
+# by 3e-6. So its fp32 bound is twice that, the others' 1e-4; and its q8 prompt path, whose
+# activations are rounded to bf16 (2^-9, not 2^-24), is printed but not bounded (0.32 measured).
 FP32_REL = {"retnet_hybrid_6_1": 5e-3}
+# where both devices round x before the products, a value next to a rounding step lands on
+# either side of it, and its step (bf16: 2^-8 of the value; q8: 2^-15 of its group's largest)
+# travels on through the layers. Measured on the H200 (2026-12-02): bf16 5.0e-3 (HGRN2) to
+# 4.9e-2 (RetNet) one token at a time, to 6.6e-2 (RetNet) as a prompt; q8 1.0e-4 to 1.6e-3.
+STEP_REL = {"bf16": 1e-1, "q8": 3e-3}
 
 
 def random_paper_model(name, dtype, tmp_path):
@@ -138,10 +145,12 @@ def random_paper_model(name, dtype, tmp_path):
 @pytest.mark.parametrize("name", ["transformer"] + [f"{k}_hybrid_6_1" for k in ("hgrn", "hgrn2", "gla", "retnet", "delta_net", "gated_deltanet")])
 def test_cpu_and_cuda_agree_at_paper_shape(name, tmp_path):
     """every kind in the paper's 6:1 hybrid at 340M (the Transformer pure): with fp32 weights
-    both GPU paths equal the CPU to fp32 rounding; with bf16 weights the one-token path too,
-    and with q8 within x's int16 rounding (per group of 64 on both: 1e-4 to 1.3e-3 measured),
-    while the prompt path rounds its activations to bf16 for the tensor cores (measured and bounded
-    here, relative to the largest logit)"""
+    both GPU paths equal the CPU to fp32 rounding; with bf16 and q8 weights both devices round
+    each product's input x first (bf16: to bf16 on every path; q8: to int16 per group of 64 at
+    one token), a step function, so they agree up to values that flip to the next step where
+    the norms before round differently; the GPU's q8 prompt path instead widens the weights to
+    bf16 and rounds x to bf16 for the tensor cores (bounded loosely here). All relative to the
+    largest logit."""
     rng = np.random.default_rng(2)
     tokens = rng.integers(3, 32000, 40).tolist()
     rels = {}
@@ -154,10 +163,10 @@ def test_cpu_and_cuda_agree_at_paper_shape(name, tmp_path):
             print(f"{name} {dtype} {'one-by-one' if flags else 'prompt'}: max|cuda - cpu| / max|cpu| = {rel:.2e}")
         model.unlink()
     for (dtype, one_by_one), rel in rels.items():
-        if dtype != "fp32" and not one_by_one:  # bf16 activations: only where rounding is not amplified 10^4 times
+        if dtype == "q8" and not one_by_one:  # bf16 weights and activations: only where rounding is not amplified 10^4 times
             assert name in FP32_REL or rel <= 2e-1, (dtype, one_by_one, rel)
-        elif dtype == "q8":  # x's int16 rounding flips where the norms before it round differently
-            assert rel <= max(FP32_REL.get(name, 0), 3e-3), (dtype, one_by_one, rel)
+        elif dtype != "fp32":  # x's rounding steps flip where the norms before it round differently
+            assert rel <= max(FP32_REL.get(name, 0), STEP_REL[dtype]), (dtype, one_by_one, rel)
         else:
             assert rel <= FP32_REL.get(name, 1e-4), (dtype, one_by_one, rel)
 
