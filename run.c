@@ -1236,20 +1236,23 @@ static void rows_times_tokens(float *out, int out_stride, const float *const w[T
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__) && defined(__x86_64__)
 #define SIMD_AMX 1
 #include <sys/syscall.h>
+/* Every tile 16 rows of 64 bytes (palette 1): byte 0 the palette, 16 + 2i tile i's bytes per
+   row (16 bits), 48 + i its rows, all else 0. Written once by amx_ready (the main thread, before
+   any worker uses a tile), loaded by each thread before its first tile instruction. (Built on the
+   stack instead, GCC 12 dropped the zeroing of half of it as dead stores, and ldtilecfg faults on
+   nonzero bytes of unused tiles.) */
+static uint8_t amx_tile_config[64];
 static int amx_ready(void) { // (first called from the main thread, in matmuls)
     static int ready = -1;
     if (ready < 0) {
         const char *env = getenv("HLA_AMX");
         ready = !(env && !strcmp(env, "0")) && syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+        amx_tile_config[0] = 1;
+        for (int i = 0; i < 8; i++) { amx_tile_config[16 + 2 * i] = 64; amx_tile_config[48 + i] = 16; }
     }
     return ready;
 }
-// every tile 16 rows of 64 bytes (palette 1); per thread, before its first tile instruction
-static void amx_configure(void) {
-    struct { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } __attribute__((packed)) cfg = {.palette = 1};
-    for (int i = 0; i < 8; i++) { cfg.colsb[i] = 64; cfg.rows[i] = 16; }
-    _tile_loadconfig(&cfg);
-}
+static void amx_configure(void) { _tile_loadconfig(amx_tile_config); }
 /* x [T][cols] in B tiles (x_amx): per 16 tokens and 32 columns ks, one tile of 16 x 16 pairs,
    pair [kp][t] = (x[t][32 ks + 2 kp], x[t][32 ks + 2 kp + 1]) in bf16; tokens past T are 0 up to a
    multiple of 32. The weights need no such packing: 16 rows of 32 bf16 columns, as they lie in
