@@ -1233,7 +1233,7 @@ static void rows_times_tokens(float *out, int out_stride, const float *const w[T
    there, so that one is not used). Linux hands out the tiles' 8 KB of state only on request
    (arch_prctl); HLA_AMX=0 turns them off. */
 #define AMX_ROWS 32 // a chunk of weight rows: two A tiles, one above the other; tokens go 32 at a time too (two B tiles)
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__) && defined(__x86_64__)
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AMX_INT8__) && defined(__linux__) && defined(__x86_64__)
 #define SIMD_AMX 1
 #include <sys/syscall.h>
 /* Every tile 16 rows of 64 bytes (palette 1): byte 0 the palette, 16 + 2i tile i's bytes per
@@ -1304,6 +1304,86 @@ static void amx_rows_times_tokens(float *out, int out_stride, const uint16_t *w,
         }
     }
 }
+
+/* q8 batches on AMX's int8 tiles. A q8 product sums each group of 64 weight x input products
+   exactly in int32 and scales the sum once (quantize_x, above); the tiles multiply int8 by
+   int8, so each int16 x_q is split into bytes, x_q = 256 hi + lo (hi signed, lo 0..255), and a
+   group is two tile products, TDPBSSD on hi and TDPBSUD on lo: the same integers as one token's
+   kernels. Per group, the 32 rows x 16 tokens of sums leave the tiles and are scaled by
+   w_scale[r][g] * x_scale[t][g] into fp32 sums, as one token's are. The weights are A tiles as
+   they lie in the file (16 rows of one group: 64 bytes each); x is packed once into B tiles. */
+typedef struct {
+    int8_t *bytes; // per 16 tokens and group g: the hi tile, then the lo tile, each [16 quads][16 tokens][4]
+    float *scale;  // [groups][T rounded up to 16]: x_scale of each token and group
+    int T16;       // T rounded up to 16 (tokens past T: 0, scale 0)
+} AmxQ8Tokens;
+static AmxQ8Tokens amx_pack_tokens_q8(const float *x, int T, int cols) {
+    int G = cols / Q8_GROUP;
+    AmxQ8Tokens xt = {.T16 = (T + 15) / 16 * 16};
+    xt.bytes = xcalloc((size_t)xt.T16 * cols * 2, 1);
+    xt.scale = xcalloc((size_t)G * xt.T16, sizeof(float));
+    QuantizedX xq = {xcalloc((size_t)cols, sizeof(int16_t)), xcalloc((size_t)G, sizeof(float))};
+    for (int t = 0; t < T; t++) {
+        quantize_x(&xq, x + (size_t)t * cols, cols);
+        for (int g = 0; g < G; g++) {
+            xt.scale[(size_t)g * xt.T16 + t] = xq.scale[g];
+            int8_t *hi = xt.bytes + ((size_t)(t / 16) * G + g) * 2048, *lo = hi + 1024;
+            for (int k = 0; k < Q8_GROUP; k++) {
+                int v = xq.q[g * Q8_GROUP + k], at = (k / 4) * 64 + (t % 16) * 4 + k % 4;
+                hi[at] = (int8_t)(v >> 8); // (arithmetic shift: v = 256 hi + lo)
+                lo[at] = (int8_t)(uint8_t)(v & 0xff);
+            }
+        }
+    }
+    free(xq.q);
+    free(xq.scale);
+    return xt;
+}
+// out[t][r0 + i] for the n <= 32 q8 rows at w (their scales w_scale, `cols / 64` a row; a whole
+// 32 readable) and all T tokens
+static void amx_q8_rows_times_tokens(float *out, int out_stride, const int8_t *w, const float *w_scale, const AmxQ8Tokens *xt,
+                                     int cols, int n, int T) {
+    int32_t c[4][16][16] __attribute__((aligned(64))); // hi rows 0-15, hi 16-31, lo 0-15, lo 16-31
+    __m512 acc[32];
+    int G = cols / Q8_GROUP;
+    const __m512i down_a_column = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                     _mm512_set1_epi32(16));
+    for (int t0 = 0; t0 < T; t0 += 16) {
+        for (int r = 0; r < 32; r++) acc[r] = _mm512_setzero_ps();
+        for (int g = 0; g < G; g++) {
+            const int8_t *x_tiles = xt->bytes + ((size_t)(t0 / 16) * G + g) * 2048;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            _tile_loadd(4, w + (size_t)g * Q8_GROUP, cols);                       // rows 0 .. 15
+            _tile_loadd(5, w + (size_t)16 * cols + (size_t)g * Q8_GROUP, cols); // rows 16 .. 31
+            _tile_loadd(6, x_tiles, 64);                                         // hi
+            _tile_loadd(7, x_tiles + 1024, 64);                                  // lo
+            _tile_dpbssd(0, 4, 6);
+            _tile_dpbssd(1, 5, 6);
+            _tile_dpbsud(2, 4, 7);
+            _tile_dpbsud(3, 5, 7);
+            _tile_stored(0, c[0], 64);
+            _tile_stored(1, c[1], 64);
+            _tile_stored(2, c[2], 64);
+            _tile_stored(3, c[3], 64);
+            __m512 x_scale = _mm512_loadu_ps(xt->scale + (size_t)g * xt->T16 + t0);
+            for (int r = 0; r < 32; r++) { // row r's 16 tokens: 256 hi + lo, exact in int32
+                __m512i sum = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(c[r / 16][r % 16]), 8), _mm512_load_si512(c[2 + r / 16][r % 16]));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(_mm512_set1_ps(w_scale[(size_t)r * G + g]), x_scale), acc[r]);
+            }
+        }
+        float a[32][16] __attribute__((aligned(64)));
+        for (int r = 0; r < 32; r++) _mm512_store_ps(a[r], acc[r]);
+        __mmask16 rows0 = n >= 16 ? 0xffff : (1u << n) - 1, rows1 = n >= 32 ? 0xffff : n > 16 ? (1u << (n - 16)) - 1 : 0;
+        for (int t = 0; t < 16 && t0 + t < T; t++) {
+            float *o = out + (size_t)(t0 + t) * out_stride;
+            _mm512_mask_storeu_ps(o, rows0, _mm512_i32gather_ps(down_a_column, &a[0][t], 4));
+            _mm512_mask_storeu_ps(o + 16, rows1, _mm512_i32gather_ps(down_a_column, &a[16][t], 4));
+        }
+    }
+}
 #endif
 
 /* matmul: out[t][r] = sum_j W[r][j] * x[t][j] for T tokens. THE hot spot: nearly all
@@ -1325,6 +1405,7 @@ typedef struct {
     const float *x_packed_q8; // ... and for q8 weights, the rounded x packed
     const float *x_packed_bf16; // ... and for bf16 weights
     const uint32_t *x_amx; // a batch, bf16 weights, AMX: x in B tiles (amx_pack_tokens)
+    const void *x_amx_q8;  // a batch, q8 weights, AMX: x in int8 B tiles (an AmxQ8Tokens)
     int chunk_rows[MAX_MATMULS], first_chunk[MAX_MATMULS + 1]; // matrix i's rows: chunks first_chunk[i].. of chunk_rows[i]
     atomic_int next_chunk; // the next chunk nobody has taken
 } MatmulJob;
@@ -1341,7 +1422,7 @@ static void matmul_rows(void *arg, int thread, int nt) {
     int cols = j->w[0]->cols;
     size_t stride = (size_t)cols + ROW_PAD_FLOATS;
     float *rows = NULL; // narrow weights as fp32, a chunk's rows
-    uint16_t *amx_rows = NULL; // AMX: a last chunk's rows, padded with zeros
+    uint8_t *amx_rows = NULL; // AMX: a last chunk's rows (and q8 scales), padded with zeros
     for (int c; (c = atomic_fetch_add_explicit(&j->next_chunk, 1, memory_order_relaxed)) < j->first_chunk[j->n];) {
         int m = 0;
         while (c >= j->first_chunk[m + 1]) m++;
@@ -1361,18 +1442,24 @@ static void matmul_rows(void *arg, int thread, int nt) {
             continue;
         }
 #ifdef SIMD_AMX
-        if (j->x_amx && w->dtype == DTYPE_BF16) { // (chunks of AMX_ROWS rows)
+        if ((j->x_amx && w->dtype == DTYPE_BF16) || (j->x_amx_q8 && w->dtype == DTYPE_Q8)) { // (chunks of AMX_ROWS rows)
+            size_t row_bytes = w->dtype == DTYPE_Q8 ? (size_t)cols : 2 * (size_t)cols, G = (size_t)cols / Q8_GROUP;
             if (!amx_rows) {
-                amx_rows = xcalloc((size_t)AMX_ROWS * cols, sizeof(uint16_t));
+                amx_rows = xcalloc(AMX_ROWS, 2 * (size_t)cols + sizeof(float) * G);
                 amx_configure();
             }
-            const uint16_t *wr = (const uint16_t *)w->data + (size_t)r0 * cols;
+            const uint8_t *wr = (const uint8_t *)w->data + (size_t)r0 * row_bytes;
+            const float *scales = w->dtype == DTYPE_Q8 ? w->scales + (size_t)r0 * G : NULL;
             if (r1 - r0 < AMX_ROWS) { // the last chunk: its rows and zeros (tiles read 32 rows)
-                memcpy(amx_rows, wr, sizeof(uint16_t) * (size_t)(r1 - r0) * cols);
-                memset(amx_rows + (size_t)(r1 - r0) * cols, 0, sizeof(uint16_t) * (size_t)(AMX_ROWS - (r1 - r0)) * cols);
+                memset(amx_rows, 0, AMX_ROWS * (2 * (size_t)cols + sizeof(float) * G));
+                memcpy(amx_rows, wr, row_bytes * (size_t)(r1 - r0));
                 wr = amx_rows;
+                if (scales) scales = memcpy(amx_rows + AMX_ROWS * row_bytes, scales, sizeof(float) * G * (size_t)(r1 - r0));
             }
-            amx_rows_times_tokens(j->out[m] + r0, w->rows, wr, j->x_amx, cols, r1 - r0, j->T);
+            if (w->dtype == DTYPE_Q8)
+                amx_q8_rows_times_tokens(j->out[m] + r0, w->rows, (const int8_t *)wr, scales, j->x_amx_q8, cols, r1 - r0, j->T);
+            else
+                amx_rows_times_tokens(j->out[m] + r0, w->rows, (const uint16_t *)wr, j->x_amx, cols, r1 - r0, j->T);
             continue;
         }
 #endif
@@ -1443,7 +1530,7 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
     if (n > MAX_MATMULS) fatal("internal: %d matrices in one matmuls call", n);
     MatmulJob j = {.T = T, .x = x};
     size_t work = 0;
-    int bf16 = 0, q8 = 0, other = 0, amx = 0;
+    int bf16 = 0, q8 = 0, other = 0, amx_bf16 = 0, amx_q8 = 0;
     for (int i = 0; i < n; i++) {
         if (!w[i]->data) continue; // a projection this layer does not have
         j.out[j.n] = out[i];
@@ -1456,11 +1543,14 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
     if (!j.n) return;
     int cols = j.w[0]->cols;
 #ifdef SIMD_AMX
-    amx = T > 1 && bf16 && cols % 32 == 0 && amx_ready();
+    if (T > 1 && (bf16 || q8) && amx_ready()) {
+        amx_bf16 = bf16 && cols % 32 == 0;
+        amx_q8 = q8; // (cols % 64 == 0: checked at load)
+    }
 #endif
     for (int i = 0; i < j.n; i++) {
         size_t row_bytes = dtype_bytes(j.w[i]->dtype, 1, (uint64_t)cols);
-        j.chunk_rows[i] = amx && j.w[i]->dtype == DTYPE_BF16 ? AMX_ROWS
+        j.chunk_rows[i] = (amx_bf16 && j.w[i]->dtype == DTYPE_BF16) || (amx_q8 && j.w[i]->dtype == DTYPE_Q8) ? AMX_ROWS
                           : T > 1 || row_bytes * CHUNK_ROWS >= DECODE_CHUNK_BYTES ? CHUNK_ROWS : (int)(DECODE_CHUNK_BYTES / row_bytes);
         j.first_chunk[i + 1] = j.first_chunk[i] + (j.w[i]->rows + j.chunk_rows[i] - 1) / j.chunk_rows[i];
     }
@@ -1472,7 +1562,12 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
         j.x_bf16 = x_bf16;
     }
 #ifdef SIMD_AMX
-    if (amx) j.x_amx = x_amx = amx_pack_tokens(x, T, cols);
+    if (amx_bf16) j.x_amx = x_amx = amx_pack_tokens(x, T, cols);
+    AmxQ8Tokens x_amx_q8 = {0};
+    if (amx_q8) {
+        x_amx_q8 = amx_pack_tokens_q8(x, T, cols);
+        j.x_amx_q8 = &x_amx_q8;
+    }
 #endif
 #ifdef SIMD_AVX512
     if (T == 1 && bf16 && cols % 32 == 0) { // once per input, for all threads
@@ -1487,7 +1582,7 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
         xq.q = xcalloc((size_t)cols, sizeof(int16_t));
         xq.scale = xcalloc((size_t)cols / Q8_GROUP, sizeof(float));
         if (T == 1) quantize_x(&xq, x, cols);
-        else {
+        else if (!amx_q8) {
             rounded = xcalloc((size_t)T * cols, sizeof(float));
             for (int t = 0; t < T; t++) {
                 quantize_x(&xq, x + (size_t)t * cols, cols);
@@ -1499,14 +1594,14 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
     float *packed = NULL, *packed_q8 = NULL, *packed_bf16 = NULL;
     int blas = 0;
 #ifdef USE_OPENBLAS
-    blas = T > 1 && !amx;
+    blas = T > 1 && !amx_bf16 && !amx_q8;
     for (int i = 0; blas && i < j.n; i++)
         matmul_blas(j.out[i], j.w[i]->dtype == DTYPE_Q8 ? rounded : j.w[i]->dtype == DTYPE_BF16 ? x_bf16 : x, j.w[i], T);
 #endif
     if (T > 1 && !blas) { // x packed once for all threads and matrices
         if (other) j.x_packed = packed = packed_tokens(x, T, cols);
-        if (q8) j.x_packed_q8 = packed_q8 = packed_tokens(rounded, T, cols);
-        if (bf16 && !amx) j.x_packed_bf16 = packed_bf16 = packed_tokens(x_bf16, T, cols);
+        if (q8 && !amx_q8) j.x_packed_q8 = packed_q8 = packed_tokens(rounded, T, cols);
+        if (bf16 && !amx_bf16) j.x_packed_bf16 = packed_bf16 = packed_tokens(x_bf16, T, cols);
     }
     const char *last = NULL; // one token: where the call's reading ends in the file (dtype_bytes: q8 scales included)
     for (int i = 0; T == 1 && i < j.n; i++) {
@@ -1522,6 +1617,10 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
     free(packed_bf16);
     free(x_bf16);
     free(x_amx);
+#ifdef SIMD_AMX
+    free(x_amx_q8.bytes);
+    free(x_amx_q8.scale);
+#endif
     free(rounded);
     free(xq.q);
     free(xq.scale);

@@ -61,17 +61,21 @@ def test_thread_count_does_not_change_the_logits(name, dtype, exported, tmp_path
         assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2]), f"{name} {dtype} {mode}"
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "q8"])
 @pytest.mark.parametrize("name", ["gated_deltanet_gva", "gla_gqa_conv_clamp", "transformer", "hgrn2_conv_4heads"])
-def test_amx_bf16_batches_against_the_vector_kernel(name, exported, tmp_path):
-    """Where the build and the CPU have AMX (./run --info says so), a bf16 prompt batch goes through
-    its tiles (run.c's amx_rows_times_tokens); HLA_AMX=0 takes the AVX-512 kernel instead. Both
-    multiply x rounded to bf16 by the bf16 weights, each product exact, so the logits differ by
-    the order of the fp32 sums, and where that moves an x across a bf16 rounding step downstream
-    (at a few tokens, as between the batched and one-token paths above). Token counts: 80 (two
-    groups of 32 and a part), row counts down to 4 (a padded last chunk)."""
-    model = exported(name, "bf16")
+def test_amx_batches_against_the_vector_kernels(name, dtype, exported, tmp_path):
+    """Where the build and the CPU have AMX (./run --info says so), a bf16 or q8 prompt batch goes
+    through its tiles (run.c's amx_rows_times_tokens, amx_q8_rows_times_tokens); HLA_AMX=0 takes
+    the AVX-512 kernel instead. bf16: both multiply x rounded to bf16 by the bf16 weights, each
+    product exact, so the logits differ by the order of the fp32 sums, and where that moves an x
+    across a bf16 rounding step downstream (at a few tokens, as between the batched and one-token
+    paths above). q8: the tiles sum each group's integer products exactly, as one token's kernel
+    does, the vector kernel multiplies the same rounded x in fp32; where x's int16 rounding flips,
+    they part by up to ~3e-4. Token counts: 80 (groups of 32 or 16 and a part), row counts down
+    to 4 (a padded last chunk)."""
+    model = exported(name, dtype)
     if "AMX tiles" not in run_tool(model, "--info").stdout.decode():
-        pytest.skip("no AMX tiles here (build or CPU): the AVX-512 kernel is the only bf16 batch path")
+        pytest.skip("no AMX tiles here (build or CPU): the AVX-512 kernels are the only batch path")
     e = load_file(str(FIXTURES / name / "expected.safetensors"))
     toks = ",".join(map(str, e["tokens_long"]))
     got = {}
@@ -80,6 +84,9 @@ def test_amx_bf16_batches_against_the_vector_kernel(name, exported, tmp_path):
         run_tool(model, "--tokens", toks, "--logits", out, env=dict(os.environ, HLA_AMX=amx))
         got[amx] = np.fromfile(out, np.float32).reshape(len(e["tokens_long"]), -1)
     gap = np.abs(got["1"] - got["0"]).max(axis=1)
-    print(f"{name}: AMX vs AVX-512 per token max {gap.max():.2e} median {np.median(gap):.2e}")
-    assert float(np.median(gap)) <= 1e-5 and float(gap.max()) <= 1.5e-2
-    assert float(np.abs(got["1"] - e["logits_long_decode"]).max()) <= TOLERANCE["bf16"]
+    print(f"{name} {dtype}: AMX vs AVX-512 per token max {gap.max():.2e} median {np.median(gap):.2e}")
+    if dtype == "bf16":
+        assert float(np.median(gap)) <= 1e-5 and float(gap.max()) <= 1.5e-2
+    else:
+        assert float(gap.max()) <= 1e-3
+    assert float(np.abs(got["1"] - e["logits_long_decode"]).max()) <= TOLERANCE[dtype]
