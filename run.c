@@ -1226,12 +1226,13 @@ static void rows_times_tokens(float *out, int out_stride, const float *const w[T
    GPU), as fla's bf16 models, llama.cpp's bf16 and the GPU's tensor cores do: each product of
    two bf16 values is then exact in fp32, and only the order of the fp32 sums differs between
    the kernels below. The rounding of x, 2^-9 of each value, is that of the weights themselves.
-   Where the CPU has AMX (Intel's tile unit, Sapphire Rapids on), a bf16 batch goes through its
-   tiles: TDPBF16PS multiplies a 16 x 32 tile of bf16 tokens by a 32 x 16 tile of bf16 weights
-   into 16 x 16 fp32 sums in one instruction. Measured on the dev VM's Xeon, one core:
-   AMX 2,310 GFLOP/s, AVX-512 fp32 FMA 180, AVX512-BF16's vdpbf16ps 89 (half the FMA's rate
-   there, so that one is not used). Linux hands out the tiles' 8 KB of state only on request
-   (arch_prctl); HLA_AMX=0 turns them off. */
+   Where the CPU has AMX (Intel's tile unit, Sapphire Rapids on), bf16 and q8 batches go through
+   its tiles: TDPBF16PS multiplies a tile of 16 weight rows x 32 bf16 columns by one of 32 columns
+   x 16 tokens into 16 x 16 fp32 sums in one instruction (q8: TDPBSSD / TDPBSUD, 64 int8 columns,
+   int32 sums, below). Measured on the dev VM's Xeon, one core: AMX bf16 2,310 GFLOP/s, AVX-512
+   fp32 FMA 180, AVX512-BF16's vdpbf16ps 89 (half the FMA's rate there, so that one is not used).
+   Linux hands out the tiles' 8 KB of state only on request (arch_prctl); HLA_AMX=0 turns them
+   off, and `./run MODEL --info` says whether they are in use. */
 #define AMX_ROWS 32 // a chunk of weight rows: two A tiles, one above the other; tokens go 32 at a time too (two B tiles)
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AMX_INT8__) && defined(__linux__) && defined(__x86_64__)
 #define SIMD_AMX 1

@@ -18,7 +18,9 @@ used) and fp32 FMA peak (bench/fma), the fraction of each roofline reached:
           row; the recurrent state read and written; the KV cache up to the step's position,
           the mean over the decoded tokens) / bandwidth;
   prefill: tokens/s x matrix FLOPs per prompt token (2 per weight, attention scores and
-           values at the mean position; not the recurrences) / FMA peak;
+           values at the mean position; not the recurrences) / FMA peak; prefill_kernel=amx
+           where bf16 and q8 prompts run on AMX tiles (./run --info), whose rate the fp32
+           FMA peak does not bound (fractions above 1), vector otherwise;
 and, with --llama2c DIR, karpathy/llama2.c's run (fp32, OpenMP) and runq (int8) on a
 random Transformer of the same shape (bench/llama2c.py), then the issue's ratios. For those,
 decode is measured again in turns (each rep: llama2.c's run, its runq, our Transformer in
@@ -285,8 +287,10 @@ def main():
                 vocab = table(model)[0]["vocab"]
                 pre, dec = measure(model, threads, prompt, decode, vocab, reps, context)
                 bench_line(f"{name}-{size}{f'-ctx{context}' if context else ''}", dtype, threads, prompt, pre, dec, total)
+                amx = dtype in ("bf16", "q8") and "AMX tiles" in subprocess.run(
+                    [str(REPO / "run"), str(model), "--info"], capture_output=True, text=True).stdout
                 rows.append(dict(size=size, name=name, dtype=dtype, prompt=prompt, prefill=pre, decode=dec,
-                                 per_token=per_token, flops=flops))
+                                 per_token=per_token, flops=flops, kernel="amx" if amx else "vector"))
         if l2c_dir and size in l2c_sizes and (sdir / "transformer").is_dir():
             c = llama2c.config_from_shapes(sdir / "transformer")
             progs = {}
@@ -334,7 +338,7 @@ def main():
         r["roof_frac"], r["peak_frac"] = r["decode"] / roof, gflops / peak
         print(f"ROOFLINE model={r['name']}-{r['size']}{f'-ctx{context}' if context else ''} dtype={r['dtype']} decode_tok_s={r['decode']:.2f} "
               f"read_bytes_per_token={r['per_token']} roofline_tok_s={roof:.2f} decode_fraction={r['roof_frac']:.2f} "
-              f"prefill_gflop_s={gflops:.1f} prefill_fraction_of_fma_peak={r['peak_frac']:.3f}")
+              f"prefill_gflop_s={gflops:.1f} prefill_fraction_of_fma_peak={r['peak_frac']:.3f} prefill_kernel={r['kernel']}")
     for r in l2c_rows:
         roof = gbs * 1e9 / r["per_token"]
         print(f"ROOFLINE model=llama2c-{r['prog']}-{r['size']} dtype={r['dtype']} decode_tok_s={r['decode']:.2f} "
