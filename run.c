@@ -1557,7 +1557,7 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
     }
     float *pairs = NULL, *x_bf16 = NULL; // (buffers per call: nothing outlives the run state)
     uint32_t *x_amx = NULL;
-    if (bf16) {
+    if (bf16 && (T == 1 || !amx_bf16)) { // (AMX packs its own)
         x_bf16 = xcalloc((size_t)T * cols, sizeof(float));
         for (size_t i = 0; i < (size_t)T * cols; i++) x_bf16[i] = bf16_to_f32(f32_to_bf16(x[i]));
         j.x_bf16 = x_bf16;
