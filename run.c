@@ -3323,7 +3323,7 @@ static void print_info(const Model *m, int ctx) {
     vnni = " (VNNI for q8)";
 #endif
 #ifdef SIMD_AMX
-    amx = amx_ready() ? ", AMX tiles for bf16 prompt batches" : ", AMX built in but off (HLA_AMX=0, or the kernel did not grant it)";
+    amx = amx_ready() ? ", AMX tiles for bf16 and q8 prompt batches" : ", AMX built in but off (HLA_AMX=0, or the kernel did not grant it)";
 #endif
     printf("cpu kernels: %s%s%s\n", simd, vnni, amx);
     (void)ctx;
