@@ -897,6 +897,30 @@ static float dot_bf16_pairs_512(const uint16_t *w, const float *xp, int n) { // 
 }
 #ifdef __AVX512BW__
 #define SIMD_Q8_512 1
+// quantize_x a group of 64 at a time: the same bits (vcvtps2dq rounds half to even, as the
+// plain loop's 1.5 * 2^23 trick does)
+static void quantize_x_512(QuantizedX *xq, const float *x, int n) { // n % Q8_GROUP == 0
+    const __m512 top = _mm512_set1_ps(32767.0f), bottom = _mm512_set1_ps(-32767.0f), fmax = _mm512_set1_ps(FLT_MAX);
+    for (int g = 0; g < n / Q8_GROUP; g++) {
+        const float *xg = x + (size_t)g * Q8_GROUP;
+        __m512 v[4], max = _mm512_setzero_ps();
+        __mmask16 finite = 0xffff;
+        for (int i = 0; i < 4; i++) {
+            v[i] = _mm512_loadu_ps(xg + 16 * i);
+            __m512 a = _mm512_abs_ps(v[i]);
+            finite &= _mm512_cmp_ps_mask(a, fmax, _CMP_LE_OQ); // false for inf and NaN
+            max = _mm512_max_ps(max, a);
+        }
+        float m = _mm512_reduce_max_ps(max);
+        int ok = finite == 0xffff;
+        __m512 inv = _mm512_set1_ps(ok && m > 0.0f ? 32767.0f / m : 0.0f);
+        xq->scale[g] = ok ? m / 32767.0f : NAN;
+        for (int i = 0; i < 4; i++) {
+            __m512i q = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v[i], inv), bottom), top));
+            _mm256_storeu_si256((__m256i *)(xq->q + (size_t)g * Q8_GROUP + 16 * i), ok ? _mm512_cvtsepi32_epi16(q) : _mm256_setzero_si256());
+        }
+    }
+}
 static float dot_q8_x16_512(const int8_t *w, const float *w_scale, const QuantizedX *x, int n) { // n % 64 == 0
     __m512 total = _mm512_setzero_ps();
     for (int g = 0; g < n; g += Q8_GROUP) { // a group: 2 x 32 weights widened to int16, times x's int16
@@ -1021,6 +1045,16 @@ static float dot_row_q8(const Matrix *w, int r, const QuantizedX *x) {
     return dot_q8_x16_avx2(q, scale, x, w->cols);
 #else
     return dot_q8_x16(q, scale, x, w->cols);
+#endif
+}
+
+// one token rounded for q8 products: the widest kernel the build has
+static void quantize_token(QuantizedX *xq, const float *x, int n) {
+    (void)quantize_x; // the plain loop: the fallback, and what the kernel computes
+#if defined(SIMD_Q8_512)
+    quantize_x_512(xq, x, n);
+#else
+    quantize_x(xq, x, n);
 #endif
 }
 
@@ -1257,16 +1291,14 @@ static void amx_configure(void) { _tile_loadconfig(amx_tile_config); }
 /* x [T][cols] in B tiles (x_amx): per 16 tokens and 32 columns ks, one tile of 16 x 16 pairs,
    pair [kp][t] = (x[t][32 ks + 2 kp], x[t][32 ks + 2 kp + 1]) in bf16; tokens past T are 0 up to a
    multiple of 32. The weights need no such packing: 16 rows of 32 bf16 columns, as they lie in
-   the file, are an A tile. */
-static uint32_t *amx_pack_tokens(const float *x, int T, int cols) {
-    int ks_n = cols / 32, groups = (T + 31) / 32 * 2;
-    uint32_t *xv = xcalloc((size_t)groups * ks_n * 256, sizeof(uint32_t));
-    for (int t = 0; t < T; t++)
-        for (int p = 0; p < cols / 2; p++) {
-            uint32_t pair = f32_to_bf16(x[(size_t)t * cols + 2 * p]) | (uint32_t)f32_to_bf16(x[(size_t)t * cols + 2 * p + 1]) << 16;
-            xv[(((size_t)(t / 16) * ks_n + p / 16) * 16 + p % 16) * 16 + t % 16] = pair;
-        }
-    return xv;
+   the file, are an A tile. (amx_pack_tokens, after the q8 layout below, fills both.) */
+// token t into its B tiles (bf16 pairs)
+static void amx_pack_token_bf16(uint32_t *xv, const float *x, int t, int cols) {
+    int ks_n = cols / 32;
+    for (int p = 0; p < cols / 2; p++) {
+        uint32_t pair = f32_to_bf16(x[(size_t)t * cols + 2 * p]) | (uint32_t)f32_to_bf16(x[(size_t)t * cols + 2 * p + 1]) << 16;
+        xv[(((size_t)(t / 16) * ks_n + p / 16) * 16 + p % 16) * 16 + t % 16] = pair;
+    }
 }
 /* out[t][r0 + i] for the n <= 32 rows at w (bf16, `cols` apart; a whole 32 of them readable) and
    all T tokens: per 32 tokens, 2 x 2 tiles of sums, rows x tokens, stored and turned around */
@@ -1318,27 +1350,42 @@ typedef struct {
     float *scale;  // [groups][T rounded up to 16]: x_scale of each token and group
     int T16;       // T rounded up to 16 (tokens past T: 0, scale 0)
 } AmxQ8Tokens;
-static AmxQ8Tokens amx_pack_tokens_q8(const float *x, int T, int cols) {
+// token t into its hi and lo tiles (xq: scratch for its int16 values)
+static void amx_pack_token_q8(AmxQ8Tokens *xt, QuantizedX *xq, const float *x, int t, int cols) {
     int G = cols / Q8_GROUP;
-    AmxQ8Tokens xt = {.T16 = (T + 15) / 16 * 16};
-    xt.bytes = xcalloc((size_t)xt.T16 * cols * 2, 1);
-    xt.scale = xcalloc((size_t)G * xt.T16, sizeof(float));
-    QuantizedX xq = {xcalloc((size_t)cols, sizeof(int16_t)), xcalloc((size_t)G, sizeof(float))};
-    for (int t = 0; t < T; t++) {
-        quantize_x(&xq, x + (size_t)t * cols, cols);
-        for (int g = 0; g < G; g++) {
-            xt.scale[(size_t)g * xt.T16 + t] = xq.scale[g];
-            int8_t *hi = xt.bytes + ((size_t)(t / 16) * G + g) * 2048, *lo = hi + 1024;
-            for (int k = 0; k < Q8_GROUP; k++) {
-                int v = xq.q[g * Q8_GROUP + k], at = (k / 4) * 64 + (t % 16) * 4 + k % 4;
-                hi[at] = (int8_t)(v >> 8); // (arithmetic shift: v = 256 hi + lo)
-                lo[at] = (int8_t)(uint8_t)(v & 0xff);
-            }
+    quantize_token(xq, x + (size_t)t * cols, cols);
+    for (int g = 0; g < G; g++) {
+        xt->scale[(size_t)g * xt->T16 + t] = xq->scale[g];
+        int8_t *hi = xt->bytes + ((size_t)(t / 16) * G + g) * 2048, *lo = hi + 1024;
+        for (int k = 0; k < Q8_GROUP; k++) {
+            int v = xq->q[g * Q8_GROUP + k], at = (k / 4) * 64 + (t % 16) * 4 + k % 4;
+            hi[at] = (int8_t)(v >> 8); // (arithmetic shift: v = 256 hi + lo)
+            lo[at] = (int8_t)(uint8_t)(v & 0xff);
         }
+    }
+}
+// a batch's x into B tiles once per call, its tokens shared among the threads
+typedef struct { const float *x; int T, cols; uint32_t *bf16; AmxQ8Tokens *q8; } AmxPackJob;
+static void amx_pack_share(void *arg, int thread, int nt) {
+    AmxPackJob *j = arg;
+    QuantizedX xq = {0};
+    if (j->q8) xq = (QuantizedX){xcalloc((size_t)j->cols, sizeof(int16_t)), xcalloc((size_t)j->cols / Q8_GROUP, sizeof(float))};
+    for (int t = thread; t < j->T; t += nt) {
+        if (j->bf16) amx_pack_token_bf16(j->bf16, j->x, t, j->cols);
+        if (j->q8) amx_pack_token_q8(j->q8, &xq, j->x, t, j->cols);
     }
     free(xq.q);
     free(xq.scale);
-    return xt;
+}
+static void amx_pack_tokens(AmxPackJob *job, int bf16, int q8) {
+    int T = job->T, cols = job->cols;
+    if (bf16) job->bf16 = xcalloc((size_t)(T + 31) / 32 * 2 * (cols / 32) * 256, sizeof(uint32_t));
+    if (q8) {
+        job->q8->T16 = (T + 15) / 16 * 16;
+        job->q8->bytes = xcalloc((size_t)job->q8->T16 * cols * 2, 1);
+        job->q8->scale = xcalloc((size_t)(cols / Q8_GROUP) * job->q8->T16, sizeof(float));
+    } else job->q8 = NULL;
+    run_parallel(amx_pack_share, job);
 }
 // out[t][r0 + i] for the n <= 32 q8 rows at w (their scales w_scale, `cols / 64` a row; a whole
 // 32 readable) and all T tokens
@@ -1563,11 +1610,12 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
         j.x_bf16 = x_bf16;
     }
 #ifdef SIMD_AMX
-    if (amx_bf16) j.x_amx = x_amx = amx_pack_tokens(x, T, cols);
     AmxQ8Tokens x_amx_q8 = {0};
-    if (amx_q8) {
-        x_amx_q8 = amx_pack_tokens_q8(x, T, cols);
-        j.x_amx_q8 = &x_amx_q8;
+    if (amx_bf16 || amx_q8) {
+        AmxPackJob pack = {.x = x, .T = T, .cols = cols, .q8 = &x_amx_q8};
+        amx_pack_tokens(&pack, amx_bf16, amx_q8);
+        j.x_amx = x_amx = pack.bf16;
+        j.x_amx_q8 = pack.q8;
     }
 #endif
 #ifdef SIMD_AVX512
@@ -1582,11 +1630,11 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
     if (q8) {
         xq.q = xcalloc((size_t)cols, sizeof(int16_t));
         xq.scale = xcalloc((size_t)cols / Q8_GROUP, sizeof(float));
-        if (T == 1) quantize_x(&xq, x, cols);
+        if (T == 1) quantize_token(&xq, x, cols);
         else if (!amx_q8) {
             rounded = xcalloc((size_t)T * cols, sizeof(float));
             for (int t = 0; t < T; t++) {
-                quantize_x(&xq, x + (size_t)t * cols, cols);
+                quantize_token(&xq, x + (size_t)t * cols, cols);
                 dequantize_x(rounded + (size_t)t * cols, &xq, cols);
             }
         }
