@@ -150,6 +150,7 @@ typedef struct {
     const float *final_norm;
     LayerWeights *layers;
     float *rope_inv_freq_attn, *rope_inv_freq_retnet;
+    float *retnet_gammas;    // [lin_q_heads][head_k_dim]: RetNet head h's decay 1 - 2^(-5-h) in every column
     void *map;               // the mmapped file
     size_t map_bytes;
     const TensorEntry *table;
@@ -446,6 +447,9 @@ static void load_model(Model *m, const char *path) {
             if (dk % 2) fatal("%s: RetNet head_k_dim %d must be even", path, dk);
             m->rope_inv_freq_retnet = xcalloc((size_t)dk / 2, sizeof(float));
             for (int i = 0; i < dk / 2; i++) m->rope_inv_freq_retnet[i] = 1.0f / powf(10000.0f, (float)(2 * i) / (float)dk);
+            m->retnet_gammas = xcalloc((size_t)c->lin_q_heads * dk, sizeof(float)); // (a vector per head: sweep_dot_simd512)
+            for (int h = 0; h < c->lin_q_heads; h++)
+                for (int i = 0; i < dk; i++) m->retnet_gammas[(size_t)h * dk + i] = 1.0f - exp2f(-5.0f - (float)h);
             break;
         }
 }
@@ -1300,8 +1304,21 @@ static void amx_pack_token_bf16(uint32_t *xv, const float *x, int t, int cols) {
         xv[(((size_t)(t / 16) * ks_n + p / 16) * 16 + p % 16) * 16 + t % 16] = pair;
     }
 }
+/* Tiles leave their sums rows x tokens (c[row][token], `tokens` floats a row, 32 rows); token t0 + t's
+   n <= 32 outputs are column t, read 16 rows at a time by one gather (2x faster than element by
+   element: amx_rows_times_tokens 680 -> 734-856 GFLOP/s on the 340M shapes) into out's row t0 + t. */
+static void amx_store_token_rows(float *out, int out_stride, const float *c, int tokens, int n, int t0, int T) {
+    const __m512i down_a_column = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                     _mm512_set1_epi32(tokens));
+    __mmask16 rows0 = n >= 16 ? 0xffff : (1u << n) - 1, rows1 = n >= 32 ? 0xffff : n > 16 ? (1u << (n - 16)) - 1 : 0;
+    for (int t = 0; t < tokens && t0 + t < T; t++) {
+        float *o = out + (size_t)(t0 + t) * out_stride;
+        _mm512_mask_storeu_ps(o, rows0, _mm512_i32gather_ps(down_a_column, c + t, 4));
+        _mm512_mask_storeu_ps(o + 16, rows1, _mm512_i32gather_ps(down_a_column, c + 16 * tokens + t, 4));
+    }
+}
 /* out[t][r0 + i] for the n <= 32 rows at w (bf16, `cols` apart; a whole 32 of them readable) and
-   all T tokens: per 32 tokens, 2 x 2 tiles of sums, rows x tokens, stored and turned around */
+   all T tokens: per 32 tokens, 2 x 2 tiles of sums */
 static void amx_rows_times_tokens(float *out, int out_stride, const uint16_t *w, const uint32_t *xv, int cols, int n, int T) {
     float c[32][32] __attribute__((aligned(64)));
     int ks_n = cols / 32;
@@ -1325,16 +1342,7 @@ static void amx_rows_times_tokens(float *out, int out_stride, const uint16_t *w,
         _tile_stored(1, &c[0][16], 128);
         _tile_stored(2, &c[16][0], 128);
         _tile_stored(3, &c[16][16], 128);
-        // token t's outputs are column t of c: 16 rows at a time by one gather (2x faster than
-        // element by element, amx_rows_times_tokens 680 -> 734-856 GFLOP/s on the 340M shapes)
-        const __m512i down_a_column = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                                         _mm512_set1_epi32(32));
-        __mmask16 rows0 = n >= 16 ? 0xffff : (1u << n) - 1, rows1 = n >= 32 ? 0xffff : n > 16 ? (1u << (n - 16)) - 1 : 0;
-        for (int t = 0; t < 32 && t0 + t < T; t++) {
-            float *o = out + (size_t)(t0 + t) * out_stride;
-            _mm512_mask_storeu_ps(o, rows0, _mm512_i32gather_ps(down_a_column, &c[0][t], 4));
-            _mm512_mask_storeu_ps(o + 16, rows1, _mm512_i32gather_ps(down_a_column, &c[16][t], 4));
-        }
+        amx_store_token_rows(out, out_stride, &c[0][0], 32, n, t0, T);
     }
 }
 
@@ -1377,15 +1385,17 @@ static void amx_pack_share(void *arg, int thread, int nt) {
     free(xq.q);
     free(xq.scale);
 }
-static void amx_pack_tokens(AmxPackJob *job, int bf16, int q8) {
+// the bf16 tiles (returned) if bf16, and q8's into *job->q8 if it is set
+static uint32_t *amx_pack_tokens(AmxPackJob *job, int bf16) {
     int T = job->T, cols = job->cols;
     if (bf16) job->bf16 = xcalloc((size_t)(T + 31) / 32 * 2 * (cols / 32) * 256, sizeof(uint32_t));
-    if (q8) {
+    if (job->q8) {
         job->q8->T16 = (T + 15) / 16 * 16;
         job->q8->bytes = xcalloc((size_t)job->q8->T16 * cols * 2, 1);
         job->q8->scale = xcalloc((size_t)(cols / Q8_GROUP) * job->q8->T16, sizeof(float));
-    } else job->q8 = NULL;
+    }
     run_parallel(amx_pack_share, job);
+    return job->bf16;
 }
 // out[t][r0 + i] for the n <= 32 q8 rows at w (their scales w_scale, `cols / 64` a row; a whole
 // 32 readable) and all T tokens
@@ -1394,8 +1404,6 @@ static void amx_q8_rows_times_tokens(float *out, int out_stride, const int8_t *w
     int32_t c[4][16][16] __attribute__((aligned(64))); // hi rows 0-15, hi 16-31, lo 0-15, lo 16-31
     __m512 acc[32];
     int G = cols / Q8_GROUP;
-    const __m512i down_a_column = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                                     _mm512_set1_epi32(16));
     for (int t0 = 0; t0 < T; t0 += 16) {
         for (int r = 0; r < 32; r++) acc[r] = _mm512_setzero_ps();
         for (int g = 0; g < G; g++) {
@@ -1424,12 +1432,7 @@ static void amx_q8_rows_times_tokens(float *out, int out_stride, const int8_t *w
         }
         float a[32][16] __attribute__((aligned(64)));
         for (int r = 0; r < 32; r++) _mm512_store_ps(a[r], acc[r]);
-        __mmask16 rows0 = n >= 16 ? 0xffff : (1u << n) - 1, rows1 = n >= 32 ? 0xffff : n > 16 ? (1u << (n - 16)) - 1 : 0;
-        for (int t = 0; t < 16 && t0 + t < T; t++) {
-            float *o = out + (size_t)(t0 + t) * out_stride;
-            _mm512_mask_storeu_ps(o, rows0, _mm512_i32gather_ps(down_a_column, &a[0][t], 4));
-            _mm512_mask_storeu_ps(o + 16, rows1, _mm512_i32gather_ps(down_a_column, &a[16][t], 4));
-        }
+        amx_store_token_rows(out, out_stride, &a[0][0], 16, n, t0, T);
     }
 }
 #endif
@@ -1492,14 +1495,15 @@ static void matmul_rows(void *arg, int thread, int nt) {
 #ifdef SIMD_AMX
         if ((j->x_amx && w->dtype == DTYPE_BF16) || (j->x_amx_q8 && w->dtype == DTYPE_Q8)) { // (chunks of AMX_ROWS rows)
             size_t row_bytes = w->dtype == DTYPE_Q8 ? (size_t)cols : 2 * (size_t)cols, G = (size_t)cols / Q8_GROUP;
+            size_t chunk_bytes = AMX_ROWS * (2 * (size_t)cols + sizeof(float) * G); // (bf16 rows, or q8 rows and scales)
             if (!amx_rows) {
-                amx_rows = xcalloc(AMX_ROWS, 2 * (size_t)cols + sizeof(float) * G);
+                amx_rows = xcalloc(chunk_bytes, 1);
                 amx_configure();
             }
             const uint8_t *wr = (const uint8_t *)w->data + (size_t)r0 * row_bytes;
             const float *scales = w->dtype == DTYPE_Q8 ? w->scales + (size_t)r0 * G : NULL;
             if (r1 - r0 < AMX_ROWS) { // the last chunk: its rows and zeros (tiles read 32 rows)
-                memset(amx_rows, 0, AMX_ROWS * (2 * (size_t)cols + sizeof(float) * G));
+                memset(amx_rows, 0, chunk_bytes);
                 memcpy(amx_rows, wr, row_bytes * (size_t)(r1 - r0));
                 wr = amx_rows;
                 if (scales) scales = memcpy(amx_rows + AMX_ROWS * row_bytes, scales, sizeof(float) * G * (size_t)(r1 - r0));
@@ -1612,9 +1616,8 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
 #ifdef SIMD_AMX
     AmxQ8Tokens x_amx_q8 = {0};
     if (amx_bf16 || amx_q8) {
-        AmxPackJob pack = {.x = x, .T = T, .cols = cols, .q8 = &x_amx_q8};
-        amx_pack_tokens(&pack, amx_bf16, amx_q8);
-        j.x_amx = x_amx = pack.bf16;
+        AmxPackJob pack = {.x = x, .T = T, .cols = cols, .q8 = amx_q8 ? &x_amx_q8 : NULL};
+        j.x_amx = x_amx = amx_pack_tokens(&pack, amx_bf16);
         j.x_amx_q8 = pack.q8;
     }
 #endif
@@ -2265,11 +2268,7 @@ static void retnet_rows(void *arg, int thread, int nt) {
     int nq = c->lin_q_heads, nk = c->lin_k_heads, dk = c->lin_head_k_dim, dv = c->lin_head_v_dim, group = nq / nk;
     int Dq = nq * dk, Dk = nk * dk, Dv = nk * dv, Do = nq * dv, n_rows = nq * dv;
     float scale = 1.0f / sqrtf((float)dk);
-    float *gammas = xcalloc((size_t)nq * dk, sizeof(float)); // head h's gamma in every column (a vector for sweep_dot_simd512)
-    for (int h = 0; h < nq; h++) {
-        float gamma = 1.0f - exp2f(-5.0f - (float)h);
-        for (int i = 0; i < dk; i++) gammas[(size_t)h * dk + i] = gamma;
-    }
+    const float *gammas = jb->m->retnet_gammas;
     FOR_STATE_ROWS(row, t, n_rows, thread, nt, jb->T) {
         int h = row / dv, e = row % dv; // query head h, row e of its S^T: value channel e
         float *Se = jb->ls->state + (size_t)h * dv * dk + (size_t)e * dk;
@@ -2283,7 +2282,6 @@ static void retnet_rows(void *arg, int thread, int nt) {
         *oe = dot_f32(Se, qh, dk) * scale;                                    // o = S^T q / sqrt(dk)
 #endif
     }
-    free(gammas);
 }
 
 static void retnet_layer(const Model *m, const LayerWeights *w, LayerState *ls, RunState *s, int T, int pos, float *out) {

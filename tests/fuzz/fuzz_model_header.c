@@ -36,6 +36,7 @@ static void free_model(Model *mm) {
     }
     free(mm->rope_inv_freq_attn);
     free(mm->rope_inv_freq_retnet);
+    free(mm->retnet_gammas);
     if (mm->map && mm->map != MAP_FAILED) munmap(mm->map, mm->map_bytes);
     memset(mm, 0, sizeof *mm);
 }
