@@ -14,7 +14,8 @@
      whole token step is captured once in a CUDA graph and replayed.
    - Prompt (up to GPU_MAX_BATCH tokens at once): projections and MLPs are cuBLAS GEMMs (fp32
      weights: fp32 SGEMM; fp16/bf16: tensor cores, the activations rounded to the weight type,
-     fp32 accumulation; q8: the matrix widened to bf16 first); the recurrences then run token
+     fp32 accumulation; q8: our own int8 tensor-core kernel, q8_mma_kernel, x rounded to int16
+     per group of 64 as at one token and each group summed exactly); the recurrences then run token
      by token inside one kernel per layer with the state in registers; attention for all
      prompt tokens at once.
    - Recurrences: one warp owns ROWS rows of a head's state (value channels), each lane
@@ -632,8 +633,10 @@ struct Gpu {
     float *scores;                   // a prompt's attention scores [heads][T][keys], if they fit 1 GB
     int step_pos;                    // first position of the step being run (host copy)
     size_t proj;                     // row length of q/k/v/g/f/a/o
-    void *x16, *w16;                 // a GEMM's input in 16-bit, a q8 matrix widened to bf16
+    void *x16, *w16;                 // a GEMM's input in 16-bit (q8: x_q's hi then lo bytes), a q8 matrix widened to bf16
     size_t x16_elems, w16_elems;
+    float *xq_scale;                 // a q8 GEMM's input: its scale per group of 64
+    int q8_mma;                      // q8 prompt products on the int8 tensor cores (q8_mma_kernel), else widened to bf16
     int *tokens, *pos_dev;           // device copies of this step's tokens and first position
     int *io_host;                    // pinned: tokens then pos
     float *logits_host;              // pinned
@@ -809,6 +812,181 @@ static bool gemv_reserve_smem(Gpu *gp, size_t cols) {
     return true;
 }
 
+/* q8 products of a prompt on the int8 tensor cores, summed as a token's q8 GEMV and run.c sum
+   them. Each token's x is rounded per group of 64 to int16 with a scale (quantize4's formula,
+   run.c's quantize_x) and split into bytes, x_q = 256 hi + lo (hi signed, lo unsigned); for each
+   group the exact integer W.x_q = 256 (W.hi) + W.lo comes out of mma.sync (m16n8k32, s8 x s8 then
+   s8 x u8, int32 sums), and then W.x_q * (w_scale * x_scale) adds into fp32 sums. Widening the
+   weights to bf16 for cuBLAS instead (what this replaced) rounded x to bf16 too: the prompt then
+   parted from one token at a time by 2-5e-2 of the largest logit on the fla fixtures. */
+__global__ void quantize_tokens_kernel(int8_t *hi, uint8_t *lo, float *x_scale, const float *x, size_t n_groups) {
+    wait_for_inputs();
+    size_t group = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32; // one warp per group of 64
+    int lane = threadIdx.x & 31;
+    if (group >= n_groups) return;
+    const float *xg = x + group * Q8_GROUP;
+    float a = xg[lane], b = xg[lane + 32];
+    int bad = !(fabsf(a) <= FLT_MAX && fabsf(b) <= FLT_MAX); // inf, NaN
+    float max = fmaxf(fabsf(a), fabsf(b));
+    for (int o = 16; o > 0; o >>= 1) {
+        bad |= __shfl_xor_sync(0xffffffffu, bad, o);
+        max = fmaxf(max, __shfl_xor_sync(0xffffffffu, max, o));
+    }
+    float inv = !bad && max > 0.0f ? 32767.0f / max : 0.0f;
+    if (lane == 0) x_scale[group] = bad ? NAN : max / 32767.0f;
+    int qa = bad ? 0 : __float2int_rn(fminf(fmaxf(a * inv, -32767.0f), 32767.0f));
+    int qb = bad ? 0 : __float2int_rn(fminf(fmaxf(b * inv, -32767.0f), 32767.0f));
+    hi[group * Q8_GROUP + lane] = (int8_t)(qa >> 8); // (arithmetic shift: qa = 256 hi + lo, lo in 0..255)
+    lo[group * Q8_GROUP + lane] = (uint8_t)(qa & 255);
+    hi[group * Q8_GROUP + lane + 32] = (int8_t)(qb >> 8);
+    lo[group * Q8_GROUP + lane + 32] = (uint8_t)(qb & 255);
+}
+
+// a block: 128 weight rows x 64 tokens, 8 warps (4 x 2) of 32 rows x 32 tokens (Q8_MMA_WARP_N
+// tiles of 8); one group of 64 columns a step, 3 steps in flight (cp.async); shared rows of 80
+// bytes, so that the 8 rows of an ldmatrix fall in 32 different banks. Measured on the H200 (bit
+// for bit the same sums): 2 groups a step, 2 to 5 steps in flight, 64 tokens a warp, ldmatrix or
+// 32-bit loads of the fragments, all within 3% (bench/cuda/q8_mma_h200.log)
+#define Q8_MMA_WARP_N 4
+#define Q8_MMA_STAGES 3
+#define Q8_MMA_ROWS 128
+#define Q8_MMA_TOKENS (16 * Q8_MMA_WARP_N)
+#define Q8_MMA_PITCH 80
+struct Q8MmaStage {
+    int8_t w[Q8_MMA_ROWS * Q8_MMA_PITCH], hi[Q8_MMA_TOKENS * Q8_MMA_PITCH];
+    uint8_t lo[Q8_MMA_TOKENS * Q8_MMA_PITCH];
+    float w_scale[Q8_MMA_ROWS], x_scale[Q8_MMA_TOKENS];
+};
+#define Q8_MMA_SMEM (Q8_MMA_STAGES * sizeof(Q8MmaStage))
+#define Q8_BYTES (-2) // (matmul: x16 holds x_q's bytes; cudaDataType values are >= 0)
+
+// four 8 x 16-byte matrices from shared memory, one row address per lane (lanes 8j.. give matrix j's)
+__device__ static void ldmatrix_x4(unsigned r[4], const void *row) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"((unsigned)__cvta_generic_to_shared(row)));
+#else
+    __trap(); // (q8_mma_kernel is launched only on compute capability 8.0 and later)
+#endif
+}
+
+// c += a b for one 16 x 8 tile over 32 columns (int8 x int8, or int8 x uint8)
+template <bool B_UNSIGNED> __device__ static void mma_16x8x32(int c[4], const unsigned a[4], const unsigned b[2]) {
+#if __CUDA_ARCH__ >= 800
+    if (B_UNSIGNED)
+        asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.u8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    else
+        asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
+}
+
+// out[t][r] (=, +=) sum over groups g of (W[r]_g . x_q[t]_g) * w_scale[r][g] * x_scale[t][g]
+__global__ void __launch_bounds__(256) q8_mma_kernel(float *out, int add, Matrix w, const int8_t *hi, const uint8_t *lo,
+                                                     const float *x_scale, int T) {
+    wait_for_inputs();
+    extern __shared__ __align__(16) uint8_t q8_smem[];
+    Q8MmaStage *stage = (Q8MmaStage *)q8_smem;
+    int rows = w.rows, cols = w.cols, G = cols / Q8_GROUP, r0 = blockIdx.x * Q8_MMA_ROWS, t0 = blockIdx.y * Q8_MMA_TOKENS;
+    int tid = threadIdx.x, lane = tid & 31, quad = lane >> 2, in_quad = lane & 3;
+    int wr = (tid >> 5) % 4 * 32, wt = (tid >> 5) / 4 * 8 * Q8_MMA_WARP_N; // the warp's rows and tokens in the block
+    const int8_t *W = (const int8_t *)w.data;
+    auto fetch = [&](int g) { // group g into its stage; rows and tokens past the end repeat the last (not stored)
+        Q8MmaStage &s = stage[g % Q8_MMA_STAGES];
+        for (int i = tid; i < Q8_MMA_ROWS * 4; i += blockDim.x) { // (16-byte pieces, 4 a row)
+            int r = min(r0 + i / 4, rows - 1);
+            copy16_async((int4 *)(s.w + i / 4 * Q8_MMA_PITCH) + i % 4, (const int4 *)(W + (size_t)r * cols + g * Q8_GROUP) + i % 4);
+        }
+        for (int i = tid; i < Q8_MMA_TOKENS * 4; i += blockDim.x) {
+            size_t t = min(t0 + i / 4, T - 1);
+            copy16_async((int4 *)(s.hi + i / 4 * Q8_MMA_PITCH) + i % 4, (const int4 *)(hi + t * cols + g * Q8_GROUP) + i % 4);
+            copy16_async((int4 *)(s.lo + i / 4 * Q8_MMA_PITCH) + i % 4, (const int4 *)(lo + t * cols + g * Q8_GROUP) + i % 4);
+        }
+        for (int i = tid; i < Q8_MMA_ROWS + Q8_MMA_TOKENS; i += blockDim.x)
+            if (i < Q8_MMA_ROWS) copy4_async(&s.w_scale[i], w.scales + (size_t)min(r0 + i, rows - 1) * G + g);
+            else copy4_async(&s.x_scale[i - Q8_MMA_ROWS], x_scale + (size_t)min(t0 + i - Q8_MMA_ROWS, T - 1) * G + g);
+    };
+    float sum[2][Q8_MMA_WARP_N][4] = {}; // [row tile of 16][token tile of 8][mma's 4 outputs]
+    for (int g = 0; g < Q8_MMA_STAGES - 1; g++) {
+        if (g < G) fetch(g);
+        copy_commit();
+    }
+    for (int g = 0; g < G; g++) {
+        copy_wait<Q8_MMA_STAGES - 2>(); // group g has landed (for this thread) ...
+        __syncthreads();                // ... for all; and every warp is done with group g - 1's stage
+        if (g + Q8_MMA_STAGES - 1 < G) fetch(g + Q8_MMA_STAGES - 1);
+        copy_commit();
+        const Q8MmaStage &s = stage[g % Q8_MMA_STAGES];
+        float ws[2][2], xs[Q8_MMA_WARP_N][2]; // the scales of this thread's outputs' rows and tokens
+#pragma unroll
+        for (int m = 0; m < 2; m++)
+            for (int i = 0; i < 2; i++) ws[m][i] = s.w_scale[wr + 16 * m + quad + 8 * i];
+#pragma unroll
+        for (int n = 0; n < Q8_MMA_WARP_N; n++)
+            for (int i = 0; i < 2; i++) xs[n][i] = s.x_scale[wt + 8 * n + 2 * in_quad + i];
+        float w_hi[2][Q8_MMA_WARP_N][4]; // W.hi of the group, exact
+#pragma unroll
+        for (int pass = 0; pass < 2; pass++) { // hi, then lo
+            // the int32 sums start at the bits of the float 1.5 2^23, so that with |W.hi| and |W.lo| < 2^22 each
+            // sum's bits are the float 1.5 2^23 + sum (no int-to-float conversions: an eighth of the ALU's rate)
+            int dot[2][Q8_MMA_WARP_N][4];
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+#pragma unroll
+                for (int n = 0; n < Q8_MMA_WARP_N; n++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) dot[m][n][i] = 0x4B400000;
+#pragma unroll
+            for (int k = 0; k < 2; k++) { // the group's two halves of 32 columns
+                int col = 32 * k;
+                unsigned a[2][4];
+#pragma unroll
+                for (int m = 0; m < 2; m++) // rows 0-7 / 8-15 x bytes 0-15 / 16-31: the mma's a0..a3
+                    ldmatrix_x4(a[m], s.w + (wr + 16 * m + (lane >> 3) % 2 * 8 + (lane & 7)) * Q8_MMA_PITCH + col + (lane >> 4) * 16);
+#pragma unroll
+                for (int n = 0; n < Q8_MMA_WARP_N; n += 2) { // two token tiles: b0, b1 of each
+                    unsigned b[4];
+                    const uint8_t *x = pass == 0 ? (const uint8_t *)s.hi : s.lo;
+                    ldmatrix_x4(b, x + (wt + 8 * (n + (lane >> 4)) + (lane & 7)) * Q8_MMA_PITCH + col + (lane >> 3) % 2 * 16);
+#pragma unroll
+                    for (int m = 0; m < 2; m++)
+#pragma unroll
+                        for (int h = 0; h < 2; h++) {
+                            if (pass == 0) mma_16x8x32<false>(dot[m][n + h], a[m], b + 2 * h);
+                            else mma_16x8x32<true>(dot[m][n + h], a[m], b + 2 * h);
+                        }
+                }
+            }
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+#pragma unroll
+                for (int n = 0; n < Q8_MMA_WARP_N; n++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) { // output i: row quad (+8 for i >= 2), token 2 in_quad (+1 for odd i)
+                        float part = __int_as_float(dot[m][n][i]) - 12582912.0f;
+                        if (pass == 0) w_hi[m][n][i] = part;
+                        else // W.x_q = 256 W.hi + W.lo, rounded once as (float) of the int32 would be
+                            sum[m][n][i] += fmaf(256.0f, w_hi[m][n][i], part) * (ws[m][i / 2] * xs[n][i % 2]);
+                    }
+        }
+    }
+    copy_wait<0>();
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int n = 0; n < Q8_MMA_WARP_N; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int r = r0 + wr + 16 * m + quad + 8 * (i / 2), t = t0 + wt + 8 * n + 2 * in_quad + i % 2;
+                if (r >= rows || t >= T) continue;
+                float *o = out + (size_t)t * rows + r;
+                *o = add ? *o + sum[m][n][i] : sum[m][n][i];
+            }
+}
+
 /* Matrix products of T tokens' inputs x [T][cols] (after the prologue) with several
    matrices: one GEMV launch for T == 1, cuBLAS GEMMs otherwise. */
 static void matmul(Gpu *gp, const float *x, int cols, Prologue p, int T, GemvJob *jobs, int n_jobs) {
@@ -849,7 +1027,7 @@ static void matmul(Gpu *gp, const float *x, int cols, Prologue p, int T, GemvJob
         in = gp->xb;
     }
     size_t n_in = (size_t)T * cols;
-    int in16 = -1; // which 16-bit copy of the input is in x16
+    int in16 = -1; // which 16-bit copy of the input is in x16 (a cudaDataType; Q8_BYTES: x_q's hi and lo bytes)
     for (int j = 0; j < n_jobs; j++) {
         const Matrix &w = jobs[j].w;
         float one = 1.0f, zero = 0.0f;
@@ -857,6 +1035,19 @@ static void matmul(Gpu *gp, const float *x, int cols, Prologue p, int T, GemvJob
         if (w.dtype == DTYPE_F32) {
             BLAS_CHECK(cublasSgemm(gp->blas, CUBLAS_OP_T, CUBLAS_OP_N, w.rows, T, cols, &one, (const float *)w.data, cols, in, cols,
                                    beta, jobs[j].out, w.rows));
+        } else if (w.dtype == DTYPE_Q8 && gp->q8_mma) {
+            int8_t *hi = (int8_t *)gp->x16;
+            uint8_t *lo = (uint8_t *)gp->x16 + gp->x16_elems;
+            if (in16 != Q8_BYTES) {
+                launch(gp, quantize_tokens_kernel, dim3((unsigned)((n_in / Q8_GROUP + 7) / 8)), dim3(256), 0, hi, lo, gp->xq_scale, in,
+                       n_in / Q8_GROUP);
+                LAUNCH_CHECK();
+                in16 = Q8_BYTES;
+            }
+            dim3 grid((w.rows + Q8_MMA_ROWS - 1) / Q8_MMA_ROWS, (T + Q8_MMA_TOKENS - 1) / Q8_MMA_TOKENS);
+            launch(gp, q8_mma_kernel, grid, dim3(256), Q8_MMA_SMEM, jobs[j].out, (int)(jobs[j].mode == OUT_ADD), w,
+                   (const int8_t *)hi, (const uint8_t *)lo, (const float *)gp->xq_scale, T);
+            LAUNCH_CHECK();
         } else {
             cudaDataType type = w.dtype == DTYPE_F16 ? CUDA_R_16F : CUDA_R_16BF;
             if (in16 != type) {
@@ -1810,6 +2001,8 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     CUDA_CHECK(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, 0));
     const char *pdl = getenv("HLA_CUDA_PDL");
     gp->dependent_launch = cc_major >= 9 && !(pdl && atoi(pdl) == 0);
+    const char *q8_mma = getenv("HLA_CUDA_Q8_MMA"); // 0: q8 prompt products widened to bf16 for cuBLAS (what GPUs before 8.0 do)
+    gp->q8_mma = cc_major >= 8 && !(q8_mma && atoi(q8_mma) == 0);
     const char *gemv_blocks = getenv("HLA_CUDA_GEMV_BLOCKS");
     gp->gemv_blocks_per_sm = gemv_blocks ? atoi(gemv_blocks) : 0;
     const char *timing = getenv("HLA_CUDA_TIMING");
@@ -1830,7 +2023,7 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
                           &w.gk_proj0, &w.gk_proj1, &w.mlp_gate, &w.mlp_up, &w.mlp_down};
         for (Matrix *mt : mats) {
             *mt = on_device(gp, m, *mt);
-            if (mt->data && mt->dtype == DTYPE_Q8 && (size_t)mt->rows * mt->cols > w16) w16 = (size_t)mt->rows * mt->cols;
+            if (mt->data && mt->dtype == DTYPE_Q8 && !gp->q8_mma && (size_t)mt->rows * mt->cols > w16) w16 = (size_t)mt->rows * mt->cols;
             if (mt->data && (size_t)mt->cols > largest_cols) largest_cols = mt->cols;
         }
         const float **vecs[] = {&w.attn_norm, &w.mlp_norm, &w.gk_bias, &w.q_bias, &w.k_bias, &w.v_bias, &w.conv_w[0], &w.conv_w[1],
@@ -1841,7 +2034,7 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     }
     gp->embeddings = on_device(gp, m, m->embeddings);
     gp->lm_head = on_device(gp, m, m->lm_head);
-    if (gp->lm_head.dtype == DTYPE_Q8 && (size_t)gp->lm_head.rows * gp->lm_head.cols > w16) w16 = (size_t)gp->lm_head.rows * gp->lm_head.cols;
+    if (gp->lm_head.dtype == DTYPE_Q8 && !gp->q8_mma && (size_t)gp->lm_head.rows * gp->lm_head.cols > w16) w16 = (size_t)gp->lm_head.rows * gp->lm_head.cols;
     gp->final_norm = on_device(gp, m, m->final_norm);
     if (m->rope_inv_freq_attn) gp->rope_inv_freq_attn = upload(m->rope_inv_freq_attn, (size_t)c->attn_head_dim / 2);
     if (m->rope_inv_freq_retnet) gp->rope_inv_freq_retnet = upload(m->rope_inv_freq_retnet, (size_t)c->lin_head_k_dim / 2);
@@ -1887,6 +2080,8 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     CUDA_CHECK(cudaMalloc(&gp->x16, gp->x16_elems * 2));
     gp->w16_elems = w16;
     if (w16) CUDA_CHECK(cudaMalloc(&gp->w16, w16 * 2));
+    gp->xq_scale = zeros(B * proj / Q8_GROUP + 1);
+    if (gp->q8_mma) CUDA_CHECK(cudaFuncSetAttribute(q8_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Q8_MMA_SMEM));
     CUDA_CHECK(cudaMalloc(&gp->tokens, sizeof(int) * (B + 1)));
     gp->pos_dev = gp->tokens + B;
     CUDA_CHECK(cudaMallocHost(&gp->io_host, sizeof(int) * (B + 1)));
