@@ -846,7 +846,8 @@ __global__ void quantize_tokens_kernel(int8_t *hi, uint8_t *lo, float *x_scale, 
 // tiles of 8); one group of 64 columns a step, 3 steps in flight (cp.async); shared rows of 80
 // bytes, so that the 8 rows of an ldmatrix fall in 32 different banks. Measured on the H200 (bit
 // for bit the same sums): 2 groups a step, 2 to 5 steps in flight, 64 tokens a warp, ldmatrix or
-// 32-bit loads of the fragments, all within 3% (bench/cuda/q8_mma_h200.log)
+// 32-bit loads of the fragments, sums made floats without conversions, all within 3%
+// (bench/cuda/q8_mma_h200.log)
 #define Q8_MMA_WARP_N 4
 #define Q8_MMA_STAGES 3
 #define Q8_MMA_ROWS 128
@@ -927,30 +928,20 @@ __global__ void __launch_bounds__(256) q8_mma_kernel(float *out, int add, Matrix
 #pragma unroll
         for (int n = 0; n < Q8_MMA_WARP_N; n++)
             for (int i = 0; i < 2; i++) xs[n][i] = s.x_scale[wt + 8 * n + 2 * in_quad + i];
-        float w_hi[2][Q8_MMA_WARP_N][4]; // W.hi of the group, exact
+        int dot[2][Q8_MMA_WARP_N][4] = {};
 #pragma unroll
         for (int pass = 0; pass < 2; pass++) { // hi, then lo
-            // the int32 sums start at the bits of the float 1.5 2^23, so that with |W.hi| and |W.lo| < 2^22 each
-            // sum's bits are the float 1.5 2^23 + sum (no int-to-float conversions: an eighth of the ALU's rate)
-            int dot[2][Q8_MMA_WARP_N][4];
-#pragma unroll
-            for (int m = 0; m < 2; m++)
-#pragma unroll
-                for (int n = 0; n < Q8_MMA_WARP_N; n++)
-#pragma unroll
-                    for (int i = 0; i < 4; i++) dot[m][n][i] = 0x4B400000;
 #pragma unroll
             for (int k = 0; k < 2; k++) { // the group's two halves of 32 columns
-                int col = 32 * k;
                 unsigned a[2][4];
 #pragma unroll
                 for (int m = 0; m < 2; m++) // rows 0-7 / 8-15 x bytes 0-15 / 16-31: the mma's a0..a3
-                    ldmatrix_x4(a[m], s.w + (wr + 16 * m + (lane >> 3) % 2 * 8 + (lane & 7)) * Q8_MMA_PITCH + col + (lane >> 4) * 16);
+                    ldmatrix_x4(a[m], s.w + (wr + 16 * m + (lane >> 3) % 2 * 8 + (lane & 7)) * Q8_MMA_PITCH + 32 * k + (lane >> 4) * 16);
 #pragma unroll
                 for (int n = 0; n < Q8_MMA_WARP_N; n += 2) { // two token tiles: b0, b1 of each
                     unsigned b[4];
                     const uint8_t *x = pass == 0 ? (const uint8_t *)s.hi : s.lo;
-                    ldmatrix_x4(b, x + (wt + 8 * (n + (lane >> 4)) + (lane & 7)) * Q8_MMA_PITCH + col + (lane >> 3) % 2 * 16);
+                    ldmatrix_x4(b, x + (wt + 8 * (n + (lane >> 4)) + (lane & 7)) * Q8_MMA_PITCH + 32 * k + (lane >> 3) % 2 * 16);
 #pragma unroll
                     for (int m = 0; m < 2; m++)
 #pragma unroll
@@ -960,18 +951,21 @@ __global__ void __launch_bounds__(256) q8_mma_kernel(float *out, int add, Matrix
                         }
                 }
             }
+            if (pass == 0)
 #pragma unroll
-            for (int m = 0; m < 2; m++)
+                for (int m = 0; m < 2; m++)
 #pragma unroll
-                for (int n = 0; n < Q8_MMA_WARP_N; n++)
+                    for (int n = 0; n < Q8_MMA_WARP_N; n++)
 #pragma unroll
-                    for (int i = 0; i < 4; i++) { // output i: row quad (+8 for i >= 2), token 2 in_quad (+1 for odd i)
-                        float part = __int_as_float(dot[m][n][i]) - 12582912.0f;
-                        if (pass == 0) w_hi[m][n][i] = part;
-                        else // W.x_q = 256 W.hi + W.lo, rounded once as (float) of the int32 would be
-                            sum[m][n][i] += fmaf(256.0f, w_hi[m][n][i], part) * (ws[m][i / 2] * xs[n][i % 2]);
-                    }
+                        for (int i = 0; i < 4; i++) dot[m][n][i] *= 256; // W.x_q = 256 W.hi + W.lo (|W.x_q| < 2^29)
         }
+#pragma unroll
+        for (int m = 0; m < 2; m++)
+#pragma unroll
+            for (int n = 0; n < Q8_MMA_WARP_N; n++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) // output i: row quad (+8 for i >= 2), token 2 in_quad (+1 for odd i)
+                    sum[m][n][i] += (float)dot[m][n][i] * (ws[m][i / 2] * xs[n][i % 2]);
     }
     copy_wait<0>();
 #pragma unroll
