@@ -557,10 +557,28 @@ __global__ void to_bf16_kernel(__nv_bfloat16 *out, const float *x, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         out[i] = __float2bfloat16(x[i]);
 }
-__global__ void to_f16_kernel(__half *out, const float *x, size_t n) {
+/* fp16 tops out at 65504, and a value past it would turn into inf (then NaN in the logits) where
+   the CPU and the one-token path, multiplying fp16 weights by fp32 x, go on. So the largest |x| of
+   the input comes first (abs_max_kernel; as float bits, whose unsigned order is the order of
+   values >= 0, inf and NaN above every finite one), and where it is 65504 or more, x is scaled by
+   a power of two that brings it into [2^14, 2^15) and the GEMM's alpha undoes it (exact; values
+   below fp16's normal range lose bits). Inputs within range convert as they are. */
+__global__ void abs_max_kernel(unsigned *max_bits, const float *x, size_t n) {
     wait_for_inputs();
+    unsigned m = 0;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        out[i] = __float2half(x[i]);
+        m = max(m, __float_as_uint(fabsf(x[i])));
+    for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if ((threadIdx.x & 31) == 0) atomicMax(max_bits, m);
+}
+__global__ void to_f16_kernel(__half *out, float *alpha, const float *x, size_t n, const unsigned *max_bits) {
+    wait_for_inputs();
+    float m = __uint_as_float(*max_bits);
+    int e = m >= 65504.0f && m <= FLT_MAX ? ilogbf(m) - 14 : 0; // (inf, NaN: as they are, as on the CPU)
+    float scale = ldexpf(1.0f, -e);
+    if (blockIdx.x == 0 && threadIdx.x == 0) *alpha = ldexpf(1.0f, e);
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = __float2half(x[i] * scale);
 }
 __global__ void q8_to_bf16_kernel(__nv_bfloat16 *out, Matrix w) {
     wait_for_inputs();
@@ -636,6 +654,8 @@ struct Gpu {
     void *x16, *w16;                 // a GEMM's input in 16-bit (q8: x_q's hi then lo bytes), a q8 matrix widened to bf16
     size_t x16_elems, w16_elems;
     float *xq_scale;                 // a q8 GEMM's input: its scale per group of 64
+    float *gemm_consts;              // on the device: 0, 1, and an fp16 GEMM's alpha (to_f16_kernel)
+    unsigned *x_abs_max;             // an fp16 GEMM's input: its largest |x| (abs_max_kernel)
     int q8_mma;                      // q8 prompt products on the int8 tensor cores (q8_mma_kernel), else widened to bf16
     int *tokens, *pos_dev;           // device copies of this step's tokens and first position
     int *io_host;                    // pinned: tokens then pos
@@ -1045,8 +1065,14 @@ static void matmul(Gpu *gp, const float *x, int cols, Prologue p, int T, GemvJob
         } else {
             cudaDataType type = w.dtype == DTYPE_F16 ? CUDA_R_16F : CUDA_R_16BF;
             if (in16 != type) {
-                if (type == CUDA_R_16F) launch(gp, to_f16_kernel, dim3(256), dim3(256), 0, (__half *)gp->x16, in, n_in);
-                else launch(gp, to_bf16_kernel, dim3(256), dim3(256), 0, (__nv_bfloat16 *)gp->x16, in, n_in);
+                if (type == CUDA_R_16F) {
+                    CUDA_CHECK(cudaMemsetAsync(gp->x_abs_max, 0, sizeof(unsigned), gp->stream));
+                    launch(gp, abs_max_kernel, dim3(256), dim3(256), 0, gp->x_abs_max, in, n_in);
+                    launch(gp, to_f16_kernel, dim3(256), dim3(256), 0, (__half *)gp->x16, gp->gemm_consts + 2, in, n_in,
+                           (const unsigned *)gp->x_abs_max);
+                } else {
+                    launch(gp, to_bf16_kernel, dim3(256), dim3(256), 0, (__nv_bfloat16 *)gp->x16, in, n_in);
+                }
                 LAUNCH_CHECK();
                 in16 = type;
             }
@@ -1056,8 +1082,15 @@ static void matmul(Gpu *gp, const float *x, int cols, Prologue p, int T, GemvJob
                 LAUNCH_CHECK();
                 wd = gp->w16;
             }
-            BLAS_CHECK(cublasGemmEx(gp->blas, CUBLAS_OP_T, CUBLAS_OP_N, w.rows, T, cols, &one, wd, type, cols, gp->x16, type, cols,
+            const float *alpha = &one;
+            if (type == CUDA_R_16F) { // alpha and beta read from the device: alpha undoes to_f16_kernel's scale
+                BLAS_CHECK(cublasSetPointerMode(gp->blas, CUBLAS_POINTER_MODE_DEVICE));
+                alpha = gp->gemm_consts + 2;
+                beta = gp->gemm_consts + (jobs[j].mode == OUT_ADD ? 1 : 0);
+            }
+            BLAS_CHECK(cublasGemmEx(gp->blas, CUBLAS_OP_T, CUBLAS_OP_N, w.rows, T, cols, alpha, wd, type, cols, gp->x16, type, cols,
                                     beta, jobs[j].out, CUDA_R_32F, w.rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            BLAS_CHECK(cublasSetPointerMode(gp->blas, CUBLAS_POINTER_MODE_HOST));
         }
         if (jobs[j].mode == OUT_GLU) { // the next job is the up projection; its product goes to its out, then combine
             const Matrix &u = jobs[j + 1].w;
@@ -2075,6 +2108,9 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     gp->w16_elems = w16;
     if (w16) CUDA_CHECK(cudaMalloc(&gp->w16, w16 * 2));
     gp->xq_scale = zeros(B * proj / Q8_GROUP + 1);
+    const float gemm_consts[3] = {0.0f, 1.0f, 1.0f};
+    gp->gemm_consts = upload(gemm_consts, 3);
+    gp->x_abs_max = reinterpret_cast<unsigned *>(zeros(1));
     if (gp->q8_mma) CUDA_CHECK(cudaFuncSetAttribute(q8_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Q8_MMA_SMEM));
     CUDA_CHECK(cudaMalloc(&gp->tokens, sizeof(int) * (B + 1)));
     gp->pos_dev = gp->tokens + B;

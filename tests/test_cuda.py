@@ -135,6 +135,31 @@ def test_cuda_q8_prompt_widened_to_bf16(exported, tmp_path):
     assert 0 < gap <= 6e-2  # (0: the variable did not reach the path)
 
 
+@gpu
+def test_cuda_fp16_prompt_past_fp16_range(tmp_path):
+    """fp16 weights: a prompt's GEMM inputs are rounded to fp16 for the tensor cores, whose range
+    ends at 65504. The Transformer fixture with its first MLP's gate and up scaled 400x (its
+    down product's input ~1e5): the GPU's prompt scales such an input by a power of two first
+    (to_f16_kernel) and stays with the CPU, which multiplies fp32 inputs (on the H200: 6.2e-4 of
+    the largest logit as a prompt, 4.8e-7 one token at a time; the build before gave NaN)."""
+    from safetensors.numpy import load_file, save_file
+    d = tmp_path / "big"
+    shutil.copytree(REPO / "tests" / "fixtures" / "transformer", d)
+    t = load_file(d / "model.safetensors")
+    for name in ("model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight"):
+        t[name] = t[name] * np.float32(400)
+    save_file(t, d / "model.safetensors")
+    model = tmp_path / "big.fp16.bin"
+    export(d, model, "--dtype", "fp16")
+    tokens = expected("transformer")["tokens_long"]
+    cpu = logits(RUN, model, tokens, tmp_path)
+    for flags in ([], ["--one-by-one"]):
+        gpu_logits = logits(RUN, model, tokens, tmp_path, "--device", "cuda", *flags)
+        rel = float(np.abs(gpu_logits - cpu).max() / np.abs(cpu).max())
+        print(f"fp16, activations past 65504, {'one-by-one' if flags else 'prompt'}: max|cuda - cpu| / max|cpu| = {rel:.2e}")
+        assert np.isfinite(gpu_logits).all() and rel <= 1e-2
+
+
 PAPER = REPO / "tests" / "paper_shapes"
 # This random RetNet hybrid is ill-conditioned: on the CPU alone, summing in another order
 # (make BLAS=1 against our own kernel) moves its logits by 2.5e-3 of the largest; GatedDeltaNet's
