@@ -3,7 +3,8 @@
 # (make cuda) and run tests/test_cuda.py against it; the log goes to $OUT/test_cuda.log.
 # Extra arguments go to pytest (e.g. -k "not paper_shape"; or -n 8 with pytest-xdist carried in
 # .whl: `pip download --no-deps -d .whl pytest einops iniconfig pluggy packaging pytest-xdist
-# execnet`; 2 minutes instead of 8, but without the -s lines in the log).
+# execnet`; 2 minutes instead of 8). -rP puts each passed test's printed gaps in the log, with
+# or without xdist.
 set -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/hla_cuda}
@@ -14,4 +15,4 @@ if [ -d .whl ]; then # wheels carried from the dev machine (pytest, einops), see
 fi
 nvidia-smi -L
 make cuda >"$OUT/build.log" 2>&1 || { cat "$OUT/build.log"; exit 1; }
-HLA_RUN=$PWD/run PYTHONUNBUFFERED=1 python3 -m pytest -q -s -p no:cacheprovider tests/test_cuda.py "$@" 2>&1 | tee "$OUT/test_cuda.log"
+HLA_RUN=$PWD/run PYTHONUNBUFFERED=1 python3 -m pytest -q -rP -p no:cacheprovider tests/test_cuda.py "$@" 2>&1 | tee "$OUT/test_cuda.log"
