@@ -1630,11 +1630,11 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
 #endif
     QuantizedX xq = {0};
     float *rounded = NULL; // a batch for q8 weights: each token's x rounded as for one token, as floats
-    if (q8) {
+    if (q8 && (T == 1 || !amx_q8)) { // (AMX rounds and packs its own)
         xq.q = xcalloc((size_t)cols, sizeof(int16_t));
         xq.scale = xcalloc((size_t)cols / Q8_GROUP, sizeof(float));
         if (T == 1) quantize_token(&xq, x, cols);
-        else if (!amx_q8) {
+        else {
             rounded = xcalloc((size_t)T * cols, sizeof(float));
             for (int t = 0; t < T; t++) {
                 quantize_token(&xq, x + (size_t)t * cols, cols);

@@ -183,6 +183,13 @@ __device__ static float4 gated4(float4 y, float4 g) { return make_float4(y.x * s
    scale and zeros). Here values 4i..4i+3 of x, one thread's; the 16 threads of a half warp hold
    one group and must all be here. x_q is laid out as xs_index's float4 pieces (per 32 chunks of
    16 values: the chunks' first 8 values, 16 bytes each, then their last 8). */
+// run.c's quantize_x for one value: its group's inverse step (0 for a group of zeros or one that
+// is not finite), the group's scale, and the value rounded to int16
+__device__ static float q8_inverse_step(float max, int bad) { return !bad && max > 0.0f ? 32767.0f / max : 0.0f; }
+__device__ static float q8_scale(float max, int bad) { return bad ? NAN : max / 32767.0f; }
+__device__ static short q8_round(float a, float inv, int bad) {
+    return (short)(bad ? 0 : __float2int_rn(fminf(fmaxf(a * inv, -32767.0f), 32767.0f)));
+}
 __device__ static void quantize4(int4 *xq, float *x_scale, int i, float4 v) {
     unsigned half = threadIdx.x & 16 ? 0xffff0000u : 0x0000ffffu;
     int bad = !(fabsf(v.x) <= FLT_MAX && fabsf(v.y) <= FLT_MAX && fabsf(v.z) <= FLT_MAX && fabsf(v.w) <= FLT_MAX); // inf, NaN
@@ -192,9 +199,9 @@ __device__ static void quantize4(int4 *xq, float *x_scale, int i, float4 v) {
         max = fmaxf(max, __shfl_xor_sync(half, max, o));
     }
     int c = i / 4, e = 4 * (i % 4); // the 16-value chunk and the place in it
-    float inv = !bad && max > 0.0f ? 32767.0f / max : 0.0f;
-    if (i % 16 == 0) x_scale[i / 16] = bad ? NAN : max / 32767.0f;
-    auto q = [&](float a) { return (short)(bad ? 0 : __float2int_rn(fminf(fmaxf(a * inv, -32767.0f), 32767.0f))); };
+    float inv = q8_inverse_step(max, bad);
+    if (i % 16 == 0) x_scale[i / 16] = q8_scale(max, bad);
+    auto q = [&](float a) { return q8_round(a, inv, bad); };
     ((short4 *)(xq + ((c / 32) * 2 + e / 8) * 32 + c % 32))[(e % 8) / 4] = make_short4(q(v.x), q(v.y), q(v.z), q(v.w));
 }
 
@@ -852,10 +859,9 @@ __global__ void quantize_tokens_kernel(int8_t *hi, uint8_t *lo, float *x_scale, 
         bad |= __shfl_xor_sync(0xffffffffu, bad, o);
         max = fmaxf(max, __shfl_xor_sync(0xffffffffu, max, o));
     }
-    float inv = !bad && max > 0.0f ? 32767.0f / max : 0.0f;
-    if (lane == 0) x_scale[group] = bad ? NAN : max / 32767.0f;
-    int qa = bad ? 0 : __float2int_rn(fminf(fmaxf(a * inv, -32767.0f), 32767.0f));
-    int qb = bad ? 0 : __float2int_rn(fminf(fmaxf(b * inv, -32767.0f), 32767.0f));
+    float inv = q8_inverse_step(max, bad);
+    if (lane == 0) x_scale[group] = q8_scale(max, bad);
+    int qa = q8_round(a, inv, bad), qb = q8_round(b, inv, bad);
     hi[group * Q8_GROUP + lane] = (int8_t)(qa >> 8); // (arithmetic shift: qa = 256 hi + lo, lo in 0..255)
     lo[group * Q8_GROUP + lane] = (uint8_t)(qa & 255);
     hi[group * Q8_GROUP + lane + 32] = (int8_t)(qb >> 8);
