@@ -546,8 +546,11 @@ void cuda_forward(Gpu *g, const int *tokens, int T, int pos, int all_logits, flo
 void cuda_reset(Gpu *g);
 int cuda_max_batch(void);
 int cuda_can_sample(const Gpu *g);
-int cuda_sample(Gpu *g, float temperature, float topp, float minp, float repeat_penalty, int topk, const int *recent,
-                int n_recent, float coin);
+void cuda_sample_begin(Gpu *g, const int *recent, int n_recent);
+void cuda_sample_queue(Gpu *g, float temperature, float topp, float minp, float repeat_penalty, int topk, float coin);
+int cuda_sample_next(Gpu *g);
+void cuda_forward_sampled(Gpu *g);
+int cuda_can_run_ahead(const Gpu *g);
 void cuda_state_to_host(Gpu *g, RunState *s);
 void cuda_state_from_host(Gpu *g, RunState *s);
 #endif
@@ -3129,13 +3132,31 @@ static void generate(const Model *m, RunState *s, const Tokenizer *tok, Sampler 
     int n_recent = n_prompt, prev = s->last_token, generated = 0;
     DecodeStream ds;
     decode_init(&ds);
+#ifdef USE_CUDA
+    /* The same sampler on the GPU, with the same random draws: the token stays there as the next
+       step's input. Token i is read back after step i + 1 (which feeds it) and the sampling of
+       token i + 1 are queued, so the GPU works while we print; stopping at EOS then leaves one
+       step fed for nothing (generation's state is not kept). Not with --verbose (it reads the
+       state after each step) or HLA_CUDA_TIMING. */
+    int gpu_queued = 0, fed_ahead = 0, ahead = s->logits_on_gpu && !verbose && cuda_can_run_ahead(s->gpu);
+    if (s->logits_on_gpu) cuda_sample_begin(s->gpu, recent, n_recent);
+#define GPU_SAMPLE() (cuda_sample_queue(s->gpu, sp->temperature, sp->topp, sp->minp, sp->repeat_penalty, sp->topk, \
+                                        sp->temperature == 0.0f ? 0.0f : random_f32(&sp->rng)), gpu_queued = 1)
+#endif
     for (int i = 0; i < steps; i++) {
         int window = n_recent < REPEAT_WINDOW ? n_recent : REPEAT_WINDOW, next;
 #ifdef USE_CUDA
-        if (s->logits_on_gpu) // the same sampler on the GPU, with the same random draw
-            next = cuda_sample(s->gpu, sp->temperature, sp->topp, sp->minp, sp->repeat_penalty, sp->topk,
-                               recent + n_recent - window, window, sp->temperature == 0.0f ? 0.0f : random_f32(&sp->rng));
-        else
+        if (s->logits_on_gpu) {
+            if (!gpu_queued) GPU_SAMPLE();
+            fed_ahead = ahead && i + 1 < steps && s->pos + 1 <= s->ctx;
+            if (fed_ahead) { // step i + 1 on token i, and token i + 1's sampling, before token i comes back
+                cuda_forward_sampled(s->gpu);
+                s->pos += 1;
+            }
+            next = cuda_sample_next(s->gpu);
+            gpu_queued = 0;
+            if (fed_ahead) { s->last_token = next; GPU_SAMPLE(); }
+        } else
 #endif
             next = sample(sp, s->logits, V, recent + n_recent - window, window);
         recent[n_recent++] = next;
@@ -3145,11 +3166,17 @@ static void generate(const Model *m, RunState *s, const Tokenizer *tok, Sampler 
         if (fflush(stdout) != 0) exit(0); // the reader went away (run | head): stop quietly
         if (tok && next == tok->eos_id && !print_ids) break;
         prev = next;
+#ifdef USE_CUDA
+        if (fed_ahead) continue;
+#endif
         if (i + 1 < steps) {
             if (s->pos + 1 > s->ctx) { fprintf(stderr, "\n[context of %d tokens is full: stopping]\n", s->ctx); break; }
             forward(m, s, &next, 1, 0);
         }
     }
+#ifdef USE_CUDA
+#undef GPU_SAMPLE
+#endif
     if (!print_ids) decode_flush(&ds, stdout);
     if (steps > 0) printf("\n");
     fflush(stdout);

@@ -565,25 +565,33 @@ __global__ void to_bf16_kernel(__nv_bfloat16 *out, const float *x, size_t n) {
         out[i] = __float2bfloat16(x[i]);
 }
 /* fp16 tops out at 65504, and a value past it would turn into inf (then NaN in the logits) where
-   the CPU and the one-token path, multiplying fp16 weights by fp32 x, go on. So the largest |x| of
-   the input comes first (abs_max_kernel; as float bits, whose unsigned order is the order of
-   values >= 0, inf and NaN above every finite one), and where it is 65504 or more, x is scaled by
-   a power of two that brings it into [2^14, 2^15) and the GEMM's alpha undoes it (exact; values
-   below fp16's normal range lose bits). Inputs within range convert as they are. */
-__global__ void abs_max_kernel(unsigned *max_bits, const float *x, size_t n) {
+   the CPU and the one-token path, multiplying fp16 weights by fp32 x, go on. So to_f16_kernel
+   converts x as it is and finds its largest |x| on the way (as float bits, whose unsigned order is
+   the order of values >= 0, inf and NaN above every finite one); where that is 65504 or more,
+   f16_rescale_kernel converts x again, scaled by a power of two that brings it into [2^14, 2^15),
+   and the GEMM's alpha undoes it (exact; values below fp16's normal range lose bits). For inputs
+   within range (nearly all) it only sets alpha to 1. */
+__device__ static int f16_exponent(unsigned max_bits) {
+    float m = __uint_as_float(max_bits);
+    return m >= 65504.0f && m <= FLT_MAX ? ilogbf(m) - 14 : 0; // (inf, NaN: as they are, as on the CPU)
+}
+__global__ void to_f16_kernel(__half *out, unsigned *max_bits, const float *x, size_t n) {
     wait_for_inputs();
     unsigned m = 0;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        m = max(m, __float_as_uint(fabsf(x[i])));
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float v = x[i];
+        m = max(m, __float_as_uint(fabsf(v)));
+        out[i] = __float2half(v);
+    }
     for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
     if ((threadIdx.x & 31) == 0) atomicMax(max_bits, m);
 }
-__global__ void to_f16_kernel(__half *out, float *alpha, const float *x, size_t n, const unsigned *max_bits) {
+__global__ void f16_rescale_kernel(__half *out, float *alpha, const float *x, size_t n, const unsigned *max_bits) {
     wait_for_inputs();
-    float m = __uint_as_float(*max_bits);
-    int e = m >= 65504.0f && m <= FLT_MAX ? ilogbf(m) - 14 : 0; // (inf, NaN: as they are, as on the CPU)
-    float scale = ldexpf(1.0f, -e);
+    int e = f16_exponent(*max_bits);
     if (blockIdx.x == 0 && threadIdx.x == 0) *alpha = ldexpf(1.0f, e);
+    if (e == 0) return;
+    float scale = ldexpf(1.0f, -e);
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         out[i] = __float2half(x[i] * scale);
 }
@@ -662,12 +670,15 @@ struct Gpu {
     size_t x16_elems, w16_elems;
     float *xq_scale;                 // a q8 GEMM's input: its scale per group of 64
     float *gemm_consts;              // on the device: 0, 1, and an fp16 GEMM's alpha (to_f16_kernel)
-    unsigned *x_abs_max;             // an fp16 GEMM's input: its largest |x| (abs_max_kernel)
+    unsigned *x_abs_max;             // an fp16 GEMM's input: its largest |x| (to_f16_kernel)
     int q8_mma;                      // q8 prompt products on the int8 tensor cores (q8_mma_kernel), else widened to bf16
     int *tokens, *pos_dev;           // device copies of this step's tokens and first position
-    int *io_host;                    // pinned: tokens then pos
+    int *io_host;                    // pinned: tokens, pos, then the two sampled-token slots and the penalty window
     float *logits_host;              // pinned
     int *sampled;                    // the sampler's token
+    int *recent, *n_recent;          // the repetition penalty's window on the device: a ring of REPEAT_WINDOW, tokens in it
+    cudaEvent_t sampled_ready[2];    // token k of cuda_sample_queue is in io_host's slot k % 2 once [k % 2] has passed
+    int n_queued, n_read;            // tokens queued, tokens read back (cuda_sample_next)
     size_t sample_smem;              // its shared memory (vocab_size floats), 0 if too large
     cudaStream_t stream;
     cublasHandle_t blas;
@@ -1073,8 +1084,8 @@ static void matmul(Gpu *gp, const float *x, int cols, Prologue p, int T, GemvJob
             if (in16 != type) {
                 if (type == CUDA_R_16F) {
                     CUDA_CHECK(cudaMemsetAsync(gp->x_abs_max, 0, sizeof(unsigned), gp->stream));
-                    launch(gp, abs_max_kernel, dim3(256), dim3(256), 0, gp->x_abs_max, in, n_in);
-                    launch(gp, to_f16_kernel, dim3(256), dim3(256), 0, (__half *)gp->x16, gp->gemm_consts + 2, in, n_in,
+                    launch(gp, to_f16_kernel, dim3(256), dim3(256), 0, (__half *)gp->x16, gp->x_abs_max, in, n_in);
+                    launch(gp, f16_rescale_kernel, dim3(256), dim3(256), 0, (__half *)gp->x16, gp->gemm_consts + 2, in, n_in,
                            (const unsigned *)gp->x_abs_max);
                 } else {
                     launch(gp, to_bf16_kernel, dim3(256), dim3(256), 0, (__nv_bfloat16 *)gp->x16, in, n_in);
@@ -1098,14 +1109,9 @@ static void matmul(Gpu *gp, const float *x, int cols, Prologue p, int T, GemvJob
                                     beta, jobs[j].out, CUDA_R_32F, w.rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
             BLAS_CHECK(cublasSetPointerMode(gp->blas, CUBLAS_POINTER_MODE_HOST));
         }
-        if (jobs[j].mode == OUT_GLU) { // the next job is the up projection; its product goes to its out, then combine
-            const Matrix &u = jobs[j + 1].w;
-            GemvJob up = jobs[j + 1];
-            up.mode = OUT_STORE;
-            matmul(gp, in, cols, Prologue{NORM_NONE}, T, &up, 1);
-            launch(gp, glu_kernel, dim3(512), dim3(256), 0, jobs[j].out, up.out, (size_t)T * u.rows);
+        if (j > 0 && jobs[j - 1].mode == OUT_GLU) { // this job was the up projection (stored, x16 reused): combine
+            launch(gp, glu_kernel, dim3(512), dim3(256), 0, jobs[j - 1].out, (const float *)jobs[j].out, (size_t)T * w.rows);
             LAUNCH_CHECK();
-            j++;
         }
     }
 }
@@ -1805,33 +1811,41 @@ static void forward_device(Gpu *gp, int T, int all_logits) {
     mark(gp, "lm_head");
 }
 
+// one token, already in gp->tokens (its position in pos_dev): capture the step once, then replay the graph
+static void decode_step(Gpu *gp) {
+    gp->step_pos = gp->pos;
+    gp->dependent_now = gp->dependent_launch;
+    if (gp->timing) { // (each step's kernels timed: no graph)
+        forward_device(gp, 1, 0);
+        return;
+    }
+    if (!gp->graph_ready) {
+        cudaGraph_t graph;
+        CUDA_CHECK(cudaStreamBeginCapture(gp->stream, cudaStreamCaptureModeThreadLocal));
+        gp->capturing = 1;
+        forward_device(gp, 1, 0);
+        gp->capturing = 0;
+        CUDA_CHECK(cudaStreamEndCapture(gp->stream, &graph));
+        CUDA_CHECK(cudaGraphInstantiate(&gp->decode_graph, graph, 0));
+        CUDA_CHECK(cudaGraphDestroy(graph));
+        gp->graph_ready = 1;
+    }
+    CUDA_CHECK(cudaGraphLaunch(gp->decode_graph, gp->stream));
+}
+
 extern "C" void cuda_forward(Gpu *gp, const int *tokens, int T, int pos, int all_logits, float *logits) {
     const Config *c = &gp->m->c;
     if (T < 1 || T > gp->max_batch) fatal("cuda: %d tokens in one step (1..%d)", T, gp->max_batch);
     memcpy(gp->io_host, tokens, sizeof(int) * T);
     gp->io_host[GPU_MAX_BATCH] = pos;
-    gp->step_pos = pos;
+    gp->pos = gp->step_pos = pos;
     gp->dependent_now = gp->dependent_launch && T == 1;
     CUDA_CHECK(cudaMemcpyAsync(gp->tokens, gp->io_host, sizeof(int) * T, cudaMemcpyHostToDevice, gp->stream));
     CUDA_CHECK(cudaMemcpyAsync(gp->pos_dev, gp->io_host + GPU_MAX_BATCH, sizeof(int), cudaMemcpyHostToDevice, gp->stream));
-    if (T == 1 && !gp->timing) { // the decode step: capture it once, then replay the graph
-        if (!gp->graph_ready) {
-            cudaGraph_t graph;
-            CUDA_CHECK(cudaStreamBeginCapture(gp->stream, cudaStreamCaptureModeThreadLocal));
-            gp->capturing = 1;
-            forward_device(gp, 1, 0);
-            gp->capturing = 0;
-            CUDA_CHECK(cudaStreamEndCapture(gp->stream, &graph));
-            CUDA_CHECK(cudaGraphInstantiate(&gp->decode_graph, graph, 0));
-            CUDA_CHECK(cudaGraphDestroy(graph));
-            gp->graph_ready = 1;
-        }
-        CUDA_CHECK(cudaGraphLaunch(gp->decode_graph, gp->stream));
-    } else {
-        forward_device(gp, T, all_logits);
-    }
+    if (T == 1) decode_step(gp);
+    else forward_device(gp, T, all_logits);
     gp->pos = pos + T;
-    if (!logits) { // they stay on the device for cuda_sample; a prompt is waited for (its time is reported)
+    if (!logits) { // they stay on the device for cuda_sample_queue; a prompt is waited for (its time is reported)
         if (T > 1) CUDA_CHECK(cudaStreamSynchronize(gp->stream));
         if (T > 1 && gp->n_marks) print_marks(gp, T);
         return;
@@ -1857,7 +1871,9 @@ extern "C" void cuda_forward(Gpu *gp, const int *tokens, int T, int pos, int all
    run.c's qsort leaves in any order, go to the lowest id). Greedy (temperature 0) is an
    argmax, the first of equal maxima as in run.c. */
 #define SAMPLE_THREADS 1024
-struct SampleArgs { float temperature, topp, minp, repeat_penalty, coin; int topk, n_recent, recent[REPEAT_WINDOW]; };
+struct SampleArgs { float temperature, topp, minp, repeat_penalty, coin; int topk, next_pos; };
+#define IO_SAMPLED (GPU_MAX_BATCH + 1) // io_host: the two slots of sampled tokens, then the penalty window
+#define IO_RECENT (IO_SAMPLED + 2)
 
 // (count, mass) of the probabilities >= tau, on every thread
 __device__ static float2 count_mass(const float *p, int n, float tau) {
@@ -1897,22 +1913,33 @@ __device__ static int block_best(float v, int id, bool largest) {
     return id;
 }
 
-__global__ void sample_kernel(int *out, float *logits, int n, SampleArgs a) {
+/* The token is also the next step's input: written where the decode graph reads its token and
+   position (so it never travels to the host and back before the next step), and appended to the
+   penalty's window. */
+__device__ static void sampled(int id, int *out, int *next_token, int *next_pos, int pos, int *recent, int *n_recent) {
+    if (threadIdx.x) return;
+    *out = *next_token = id;
+    *next_pos = pos;
+    recent[*n_recent % REPEAT_WINDOW] = id;
+    *n_recent += 1;
+}
+__global__ void sample_kernel(int *out, float *logits, int n, SampleArgs a, int *next_token, int *next_pos, int *recent, int *n_recent) {
     wait_for_inputs();
     extern __shared__ float p[]; // the probabilities
-    if (threadIdx.x == 0) // CTRL-style repetition penalty, once per occurrence in the window (as run.c)
-        for (int i = 0; i < a.n_recent; i++) {
-            float *l = &logits[a.recent[i]];
+    if (threadIdx.x == 0 && a.repeat_penalty != 1.0f) { // CTRL-style repetition penalty, once per occurrence in the window (as run.c)
+        int in_window = *n_recent < REPEAT_WINDOW ? *n_recent : REPEAT_WINDOW;
+        for (int i = *n_recent - in_window; i < *n_recent; i++) {
+            float *l = &logits[recent[i % REPEAT_WINDOW]];
             *l = *l > 0 ? *l / a.repeat_penalty : *l * a.repeat_penalty;
         }
+    }
     __syncthreads();
     if (a.temperature == 0.0f) { // greedy
         float v = -INFINITY;
         int id = n;
         for (int i = threadIdx.x; i < n; i += blockDim.x)
             if (logits[i] > v || id == n) { v = logits[i]; id = i; }
-        id = block_best(v, id, true);
-        if (threadIdx.x == 0) *out = id;
+        sampled(block_best(v, id, true), out, next_token, next_pos, a.next_pos, recent, n_recent);
         return;
     }
     float mx = -INFINITY; // softmax(logits / temperature)
@@ -1940,27 +1967,54 @@ __global__ void sample_kernel(int *out, float *logits, int n, SampleArgs a) {
     int id = n;
     for (int i = threadIdx.x; i < n; i += blockDim.x)
         if (p[i] >= tau && (p[i] < v || id == n)) { v = p[i]; id = i; }
-    id = block_best(v, id, false);
-    if (threadIdx.x == 0) *out = id;
+    sampled(block_best(v, id, false), out, next_token, next_pos, a.next_pos, recent, n_recent);
 }
 
 // can the vocabulary's probabilities sit in one block's shared memory? (else run.c samples)
 extern "C" int cuda_can_sample(const Gpu *gp) { return gp->sample_smem > 0; }
 
 // the next token from the last step's logits (still on the device); coin: run.c's random draw
-extern "C" int cuda_sample(Gpu *gp, float temperature, float topp, float minp, float repeat_penalty, int topk,
-                           const int *recent, int n_recent, float coin) {
-    SampleArgs a = {temperature, topp, minp, repeat_penalty, coin, topk, 0, {0}};
-    a.n_recent = repeat_penalty != 1.0f ? (n_recent < REPEAT_WINDOW ? n_recent : REPEAT_WINDOW) : 0;
-    memcpy(a.recent, recent + (n_recent - a.n_recent), sizeof(int) * a.n_recent);
-    const Config *c = &gp->m->c;
-    launch(gp, sample_kernel, dim3(1), dim3(SAMPLE_THREADS), gp->sample_smem, gp->sampled, gp->logits, c->vocab_size, a);
-    LAUNCH_CHECK();
-    CUDA_CHECK(cudaMemcpyAsync(gp->io_host, gp->sampled, sizeof(int), cudaMemcpyDeviceToHost, gp->stream));
-    CUDA_CHECK(cudaStreamSynchronize(gp->stream));
-    if (gp->n_marks) print_marks(gp, 1);
-    return gp->io_host[0];
+/* Generation on the GPU is a queue: run.c queues a token's sampling (cuda_sample_queue), may queue
+   the step that feeds it (cuda_forward_sampled) and the next sampling before it reads the token
+   back (cuda_sample_next), so the GPU runs step i + 1 while the host prints token i. */
+// the next step on the token the last cuda_sample_queue sampled (it wrote it and its position
+// where the step reads them); its logits stay on the device
+extern "C" void cuda_forward_sampled(Gpu *gp) {
+    if (gp->n_queued == 0) fatal("cuda: no sampled token to feed");
+    decode_step(gp);
+    gp->pos += 1;
 }
+// the penalty's window before the first token: the last tokens of the prompt (run.c's `recent`)
+extern "C" void cuda_sample_begin(Gpu *gp, const int *recent, int n_recent) {
+    int n = n_recent < REPEAT_WINDOW ? n_recent : REPEAT_WINDOW;
+    CUDA_CHECK(cudaStreamSynchronize(gp->stream)); // (io_host's window may still be read by an earlier copy)
+    memcpy(gp->io_host + IO_RECENT, recent + n_recent - n, sizeof(int) * n);
+    gp->io_host[IO_RECENT + REPEAT_WINDOW] = n;
+    CUDA_CHECK(cudaMemcpyAsync(gp->recent, gp->io_host + IO_RECENT, sizeof(int) * (REPEAT_WINDOW + 1), cudaMemcpyHostToDevice, gp->stream));
+    gp->n_queued = gp->n_read = 0;
+}
+// sample the next token from the last step's logits, still on the device; coin: run.c's random draw
+extern "C" void cuda_sample_queue(Gpu *gp, float temperature, float topp, float minp, float repeat_penalty, int topk, float coin) {
+    if (gp->n_queued - gp->n_read >= 2) fatal("cuda: more than two sampled tokens queued");
+    SampleArgs a = {temperature, topp, minp, repeat_penalty, coin, topk, gp->pos};
+    const Config *c = &gp->m->c;
+    launch(gp, sample_kernel, dim3(1), dim3(SAMPLE_THREADS), gp->sample_smem, gp->sampled, gp->logits, c->vocab_size, a, gp->tokens,
+           gp->pos_dev, gp->recent, gp->n_recent);
+    LAUNCH_CHECK();
+    int slot = gp->n_queued++ % 2;
+    CUDA_CHECK(cudaMemcpyAsync(gp->io_host + IO_SAMPLED + slot, gp->sampled, sizeof(int), cudaMemcpyDeviceToHost, gp->stream));
+    CUDA_CHECK(cudaEventRecord(gp->sampled_ready[slot], gp->stream));
+}
+// the oldest queued token, once it is back
+extern "C" int cuda_sample_next(Gpu *gp) {
+    if (gp->n_read == gp->n_queued) fatal("cuda: no sampled token queued");
+    int slot = gp->n_read++ % 2;
+    CUDA_CHECK(cudaEventSynchronize(gp->sampled_ready[slot]));
+    if (gp->n_marks) print_marks(gp, 1);
+    return gp->io_host[IO_SAMPLED + slot];
+}
+// may run.c queue a step before it has read the token back? (not while HLA_CUDA_TIMING times each step)
+extern "C" int cuda_can_run_ahead(const Gpu *gp) { return !gp->timing; }
 
 // ----------------------------------------------------------------------------
 // The sequence state between the GPU and run.c's RunState (--save-state, --load-state,
@@ -2120,9 +2174,12 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     if (gp->q8_mma) CUDA_CHECK(cudaFuncSetAttribute(q8_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Q8_MMA_SMEM));
     CUDA_CHECK(cudaMalloc(&gp->tokens, sizeof(int) * (B + 1)));
     gp->pos_dev = gp->tokens + B;
-    CUDA_CHECK(cudaMallocHost(&gp->io_host, sizeof(int) * (B + 1)));
+    CUDA_CHECK(cudaMallocHost(&gp->io_host, sizeof(int) * (IO_RECENT + REPEAT_WINDOW + 1)));
     CUDA_CHECK(cudaMallocHost(&gp->logits_host, B * c->vocab_size * sizeof(float)));
     CUDA_CHECK(cudaMalloc(&gp->sampled, sizeof(int)));
+    CUDA_CHECK(cudaMalloc(&gp->recent, sizeof(int) * (REPEAT_WINDOW + 1)));
+    gp->n_recent = gp->recent + REPEAT_WINDOW;
+    for (int i = 0; i < 2; i++) CUDA_CHECK(cudaEventCreateWithFlags(&gp->sampled_ready[i], cudaEventDisableTiming));
     int smem_max = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
     if ((size_t)c->vocab_size * sizeof(float) + 1024 <= (size_t)smem_max) { // + block_sum's and block_best's own

@@ -254,6 +254,24 @@ def test_gpu_sampler_picks_the_cpu_samplers_tokens(options):
 
 
 @gpu
+@pytest.mark.parametrize("options", [["-t", "0"], ["-t", "1.0", "-s", "7"], ["-t", "0.8", "-s", "3", "--ctx", "40", "--repeat-penalty", "1.2"]])
+def test_gpu_generation_queued_ahead_prints_what_one_step_at_a_time_does(options):
+    """On the GPU the sampled token stays there as the next step's input, and run.c queues step
+    i + 1 and token i + 1's sampling before it reads token i back; with --verbose it reads each
+    token back before the next step. Both must print the same text, to where they stop (the
+    demo's context of 256 tokens, or --ctx 40); greedy, the CPU's text too. (Sampled, the CPU's
+    text may part from the GPU's where a draw lands on a top-p cut the two devices' sums put
+    apart: see the next test; test_gpu_sampler_picks_the_cpu_samplers_tokens compares them.)"""
+    run = lambda *more: run_tool(DEMO, "-i", "ROMEO:", "-n", 300, *options, "--quiet", *more)
+    ahead, stepwise = run("--device", "cuda"), run("--device", "cuda", "--verbose")
+    print(f"{' '.join(options)}: {len(ahead.stdout)} bytes of text")
+    assert ahead.stdout == stepwise.stdout and len(ahead.stdout) > 50
+    assert b"context of" in ahead.stderr and b"context of" in stepwise.stderr
+    if options == ["-t", "0"]:
+        assert run("--device", "cpu").stdout == ahead.stdout
+
+
+@gpu
 def test_gpu_sampler_over_the_whole_vocabulary_draws_as_the_cpu_does():
     """-t 1 -p 1: the draw may land anywhere in the tail of 32000 probabilities, where the CPU's
     sequential float sum over the sorted list and the GPU's block sums differ by more than a
