@@ -675,7 +675,7 @@ struct Gpu {
     int *tokens, *pos_dev;           // device copies of this step's tokens and first position
     int *io_host;                    // pinned: tokens, pos, then the two sampled-token slots and the penalty window
     float *logits_host;              // pinned
-    int *sampled;                    // the sampler's token
+    int *io_device;                  // io_host as the device writes it (mapped pinned memory: the sampler's tokens)
     int *recent, *n_recent;          // the repetition penalty's window on the device: a ring of REPEAT_WINDOW, tokens in it
     cudaEvent_t sampled_ready[2];    // token k of cuda_sample_queue is in io_host's slot k % 2 once [k % 2] has passed
     int n_queued, n_read;            // tokens queued, tokens read back (cuda_sample_next)
@@ -1998,12 +1998,11 @@ extern "C" void cuda_sample_queue(Gpu *gp, float temperature, float topp, float 
     if (gp->n_queued - gp->n_read >= 2) fatal("cuda: more than two sampled tokens queued");
     SampleArgs a = {temperature, topp, minp, repeat_penalty, coin, topk, gp->pos};
     const Config *c = &gp->m->c;
-    launch(gp, sample_kernel, dim3(1), dim3(SAMPLE_THREADS), gp->sample_smem, gp->sampled, gp->logits, c->vocab_size, a, gp->tokens,
+    int *out = gp->io_device + IO_SAMPLED + gp->n_queued % 2; // (straight into host memory: no copy between the steps)
+    launch(gp, sample_kernel, dim3(1), dim3(SAMPLE_THREADS), gp->sample_smem, out, gp->logits, c->vocab_size, a, gp->tokens,
            gp->pos_dev, gp->recent, gp->n_recent);
     LAUNCH_CHECK();
-    int slot = gp->n_queued++ % 2;
-    CUDA_CHECK(cudaMemcpyAsync(gp->io_host + IO_SAMPLED + slot, gp->sampled, sizeof(int), cudaMemcpyDeviceToHost, gp->stream));
-    CUDA_CHECK(cudaEventRecord(gp->sampled_ready[slot], gp->stream));
+    CUDA_CHECK(cudaEventRecord(gp->sampled_ready[gp->n_queued++ % 2], gp->stream));
 }
 // the oldest queued token, once it is back
 extern "C" int cuda_sample_next(Gpu *gp) {
@@ -2011,7 +2010,7 @@ extern "C" int cuda_sample_next(Gpu *gp) {
     int slot = gp->n_read++ % 2;
     CUDA_CHECK(cudaEventSynchronize(gp->sampled_ready[slot]));
     if (gp->n_marks) print_marks(gp, 1);
-    return gp->io_host[IO_SAMPLED + slot];
+    return ((volatile int *)gp->io_host)[IO_SAMPLED + slot];
 }
 // may run.c queue a step before it has read the token back? (not while HLA_CUDA_TIMING times each step)
 extern "C" int cuda_can_run_ahead(const Gpu *gp) { return !gp->timing; }
@@ -2174,9 +2173,9 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     if (gp->q8_mma) CUDA_CHECK(cudaFuncSetAttribute(q8_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Q8_MMA_SMEM));
     CUDA_CHECK(cudaMalloc(&gp->tokens, sizeof(int) * (B + 1)));
     gp->pos_dev = gp->tokens + B;
-    CUDA_CHECK(cudaMallocHost(&gp->io_host, sizeof(int) * (IO_RECENT + REPEAT_WINDOW + 1)));
+    CUDA_CHECK(cudaHostAlloc(&gp->io_host, sizeof(int) * (IO_RECENT + REPEAT_WINDOW + 1), cudaHostAllocMapped));
     CUDA_CHECK(cudaMallocHost(&gp->logits_host, B * c->vocab_size * sizeof(float)));
-    CUDA_CHECK(cudaMalloc(&gp->sampled, sizeof(int)));
+    CUDA_CHECK(cudaHostGetDevicePointer((void **)&gp->io_device, gp->io_host, 0));
     CUDA_CHECK(cudaMalloc(&gp->recent, sizeof(int) * (REPEAT_WINDOW + 1)));
     gp->n_recent = gp->recent + REPEAT_WINDOW;
     for (int i = 0; i < 2; i++) CUDA_CHECK(cudaEventCreateWithFlags(&gp->sampled_ready[i], cudaEventDisableTiming));
