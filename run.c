@@ -3118,6 +3118,14 @@ static double peak_memory_mb(void) {
     return kb < 0 ? -1 : kb * 1024.0 / 1e6;
 }
 
+#ifdef USE_CUDA
+// queue the next token's sampling on the GPU (run.c's sampler there, with run.c's random draw)
+static void gpu_sample_queue(RunState *s, Sampler *sp) {
+    cuda_sample_queue(s->gpu, sp->temperature, sp->topp, sp->minp, sp->repeat_penalty, sp->topk,
+                      sp->temperature == 0.0f ? 0.0f : random_f32(&sp->rng));
+}
+#endif
+
 static void generate(const Model *m, RunState *s, const Tokenizer *tok, Sampler *sp, const int *prompt, int n_prompt,
                      int steps, int one_by_one, int print_ids, int quiet) {
     int V = m->c.vocab_size;
@@ -3130,32 +3138,33 @@ static void generate(const Model *m, RunState *s, const Tokenizer *tok, Sampler 
     int *recent = xcalloc((size_t)steps + n_prompt + 1, sizeof(int));
     memcpy(recent, prompt, sizeof(int) * n_prompt);
     int n_recent = n_prompt, prev = s->last_token, generated = 0;
+    int fed_ahead = 0; // (GPU) the step after this token is queued already, fed with it on the device
     DecodeStream ds;
     decode_init(&ds);
 #ifdef USE_CUDA
-    /* The same sampler on the GPU, with the same random draws: the token stays there as the next
-       step's input. Token i is read back after step i + 1 (which feeds it) and the sampling of
-       token i + 1 are queued, so the GPU works while we print; stopping at EOS then leaves one
-       step fed for nothing (generation's state is not kept). Not with --verbose (it reads the
-       state after each step) or HLA_CUDA_TIMING. */
-    int gpu_queued = 0, fed_ahead = 0, ahead = s->logits_on_gpu && !verbose && cuda_can_run_ahead(s->gpu);
+    /* The same sampler on the GPU, with the same random draws, and the token stays there as the
+       next step's input: token i is read back only once step i + 1 (fed with it there) is queued,
+       and token i + 1's sampling right after, so the GPU works while we print. Stopping at EOS
+       then leaves one step run for nothing (generation's state is not kept). Not with --verbose
+       (it reads the state after each step) or HLA_CUDA_TIMING. */
+    int ahead = s->logits_on_gpu && !verbose && cuda_can_run_ahead(s->gpu);
     if (s->logits_on_gpu) cuda_sample_begin(s->gpu, recent, n_recent);
-#define GPU_SAMPLE() (cuda_sample_queue(s->gpu, sp->temperature, sp->topp, sp->minp, sp->repeat_penalty, sp->topk, \
-                                        sp->temperature == 0.0f ? 0.0f : random_f32(&sp->rng)), gpu_queued = 1)
 #endif
     for (int i = 0; i < steps; i++) {
         int window = n_recent < REPEAT_WINDOW ? n_recent : REPEAT_WINDOW, next;
 #ifdef USE_CUDA
         if (s->logits_on_gpu) {
-            if (!gpu_queued) GPU_SAMPLE();
+            if (!fed_ahead) gpu_sample_queue(s, sp); // (else queued in the turn before)
             fed_ahead = ahead && i + 1 < steps && s->pos + 1 <= s->ctx;
-            if (fed_ahead) { // step i + 1 on token i, and token i + 1's sampling, before token i comes back
+            if (fed_ahead) {
                 cuda_forward_sampled(s->gpu);
                 s->pos += 1;
             }
             next = cuda_sample_next(s->gpu);
-            gpu_queued = 0;
-            if (fed_ahead) { s->last_token = next; GPU_SAMPLE(); }
+            if (fed_ahead) {
+                s->last_token = next;
+                gpu_sample_queue(s, sp);
+            }
         } else
 #endif
             next = sample(sp, s->logits, V, recent + n_recent - window, window);
@@ -3166,17 +3175,12 @@ static void generate(const Model *m, RunState *s, const Tokenizer *tok, Sampler 
         if (fflush(stdout) != 0) exit(0); // the reader went away (run | head): stop quietly
         if (tok && next == tok->eos_id && !print_ids) break;
         prev = next;
-#ifdef USE_CUDA
         if (fed_ahead) continue;
-#endif
         if (i + 1 < steps) {
             if (s->pos + 1 > s->ctx) { fprintf(stderr, "\n[context of %d tokens is full: stopping]\n", s->ctx); break; }
             forward(m, s, &next, 1, 0);
         }
     }
-#ifdef USE_CUDA
-#undef GPU_SAMPLE
-#endif
     if (!print_ids) decode_flush(&ds, stdout);
     if (steps > 0) printf("\n");
     fflush(stdout);

@@ -1927,7 +1927,8 @@ __global__ void sample_kernel(int *out, const float *logits, int n, SampleArgs a
     wait_for_inputs();
     extern __shared__ __align__(16) float p[]; // the logits, then the probabilities
     // the logits into shared memory first, 8 float4 loads a thread in flight at once (read where
-    // they are, one dependent L2 round trip after another, they took 16 us of a 1.13 ms step)
+    // they are, one dependent L2 round trip after another, greedy sampling took 16 us of a 1.13 ms
+    // step; 9 us now)
     const float4 *l4 = (const float4 *)logits;
     int n4 = n % 4 == 0 && (uintptr_t)logits % 16 == 0 ? n / 4 : 0;
     for (int base = threadIdx.x; base < n4; base += 8 * blockDim.x) {
