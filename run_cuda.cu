@@ -22,8 +22,9 @@
      dk/32 columns of them, in registers, for the whole prompt; per token only q, k, v and the
      gates are read.
    - Sampling: when generating, the logits stay on the device and one block picks the token
-     as run.c's sampler would (cuda_sample: a bisection on probability values instead of a
-     sort); only the token id comes back. Other modes copy the logits back. */
+     as run.c's sampler would (sample_kernel: a bisection on probability values instead of a
+     sort); the token id comes back to the host, and stays on the device as the next step's
+     input, which run.c queues before it reads the token. Other modes copy the logits back. */
 
 #define HLA_TYPES_ONLY
 #include "run.c"
