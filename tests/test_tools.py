@@ -132,21 +132,6 @@ def test_generation_stops_at_a_full_context_with_a_note(exported):
     assert len(r.stdout.split()) == 8 and b"context of 10 tokens is full" in r.stderr
 
 
-@pytest.mark.parametrize("options", [["-t", "1.0", "-p", "0.9"], ["-t", "1.3", "-p", "0.5"], ["-t", "0.7", "--min-p", "0.05", "-p", "0.9"],
-                                     ["-t", "1.0", "-p", "0.9", "--repeat-penalty", "1.3"], ["-t", "2.0", "-p", "0.99"]])
-def test_top_p_sorts_few_tokens_and_draws_what_sorting_all_draws(options):
-    """Without top-k the sampler sorts only the tokens from the power of two where the mass by
-    float exponent passes top_p (the first tokens of the sorted list); with -k set to the whole
-    vocabulary it sorts every token above the cutoff. The draws must be the same token for token."""
-    from conftest import REPO
-    model = REPO / "models" / "shakespeare_gdn.bin"
-    prompt = ",".join((REPO / "models" / "shakespeare_val.ids").read_text().split()[:20])
-    for seed in range(1, 6):
-        few = run_tool(model, "--tokens", prompt, "-n", 60, *options, "-s", seed, "--ids", "--quiet").stdout.split()
-        every = run_tool(model, "--tokens", prompt, "-n", 60, *options, "-k", 32000, "-s", seed, "--ids", "--quiet").stdout.split()
-        assert len(few) == 60 and few == every, (options, seed)
-
-
 def test_top_p_and_top_k_draw_only_from_their_cut(tmp_path):
     """The sampler sorts only the tokens that can be in the top-p nucleus (p >= (1 - top_p) /
     (vocab - 1)); every draw must still come from the nucleus (and the top k) computed here
