@@ -670,7 +670,7 @@ struct Gpu {
     void *x16, *w16;                 // a GEMM's input in 16-bit (q8: x_q's hi then lo bytes), a q8 matrix widened to bf16
     size_t x16_elems, w16_elems;
     float *xq_scale;                 // a q8 GEMM's input: its scale per group of 64
-    float *gemm_consts;              // on the device: 0, 1, and an fp16 GEMM's alpha (to_f16_kernel)
+    float *gemm_consts;              // on the device: 0, 1, and an fp16 GEMM's alpha (f16_rescale_kernel)
     unsigned *x_abs_max;             // an fp16 GEMM's input: its largest |x| (to_f16_kernel)
     int q8_mma;                      // q8 prompt products on the int8 tensor cores (q8_mma_kernel), else widened to bf16
     int *tokens, *pos_dev;           // device copies of this step's tokens and first position
@@ -1101,7 +1101,7 @@ static void matmul(Gpu *gp, const float *x, int cols, Prologue p, int T, GemvJob
                 wd = gp->w16;
             }
             const float *alpha = &one;
-            if (type == CUDA_R_16F) { // alpha and beta read from the device: alpha undoes to_f16_kernel's scale
+            if (type == CUDA_R_16F) { // alpha and beta read from the device: alpha undoes f16_rescale_kernel's scale
                 BLAS_CHECK(cublasSetPointerMode(gp->blas, CUBLAS_POINTER_MODE_DEVICE));
                 alpha = gp->gemm_consts + 2;
                 beta = gp->gemm_consts + (jobs[j].mode == OUT_ADD ? 1 : 0);

@@ -140,7 +140,7 @@ def test_cuda_fp16_prompt_past_fp16_range(tmp_path):
     """fp16 weights: a prompt's GEMM inputs are rounded to fp16 for the tensor cores, whose range
     ends at 65504. The Transformer fixture with its first MLP's gate and up scaled 400x (its
     down product's input ~1e5): the GPU's prompt scales such an input by a power of two first
-    (to_f16_kernel) and stays with the CPU, which multiplies fp32 inputs (on the H200: 6.2e-4 of
+    (f16_rescale_kernel) and stays with the CPU, which multiplies fp32 inputs (on the H200: 6.2e-4 of
     the largest logit as a prompt, 4.8e-7 one token at a time; the build before gave NaN)."""
     from safetensors.numpy import load_file, save_file
     d = tmp_path / "big"
