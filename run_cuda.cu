@@ -681,6 +681,7 @@ struct Gpu {
     cudaEvent_t sampled_ready[2];    // token k of cuda_sample_queue is in io_host's slot k % 2 once [k % 2] has passed
     int n_queued, n_read;            // tokens queued, tokens read back (cuda_sample_next)
     size_t sample_smem;              // its shared memory (vocab_size floats), 0 if too large
+    int sample_sort;                 // the sort path for few candidates (HLA_CUDA_SAMPLE_SORT=0: bisections only, for tests)
     cudaStream_t stream;
     cublasHandle_t blas;
     cudaGraphExec_t decode_graph;    // the one-token step, captured on first use
@@ -1861,18 +1862,26 @@ extern "C" void cuda_forward(Gpu *gp, const int *tokens, int T, int pos, int all
 // ----------------------------------------------------------------------------
 // Sampler: run.c's sample() on the logits of the last step, where they are (one block)
 
-/* run.c sorts the candidates (p >= min_p * p_max) by probability, keeps a prefix (top-k,
-   then top-p: up to the first token at which the running sum exceeds top_p), and walks the
-   prefix until the running sum exceeds r = coin * (the prefix's sum). Each such prefix is
-   {p >= tau} for some probability tau, so here every cut is a search for its tau instead of
-   a sort: the largest tau with count(p >= tau) >= k, or with mass(p >= tau) > m. Positive
-   floats order as their bit patterns, so a bisection over the bits finds tau exactly in at
-   most 31 steps, each one pass over the vocabulary (in shared memory) and a block sum. The
-   chosen token is then the least probable with p >= tau (the last of the walk; ties, which
-   run.c's qsort leaves in any order, go to the lowest id). Greedy (temperature 0) is an
-   argmax, the first of equal maxima as in run.c. */
+/* run.c sorts the candidates (p >= min_p * p_max, and with top-p p >= (1 - top_p) / (n - 1),
+   which together hold less than 1 - top_p) by probability, keeps a prefix (top-k, then top-p:
+   up to the first token at which the running sum exceeds top_p), and walks the prefix until
+   the running sum exceeds r = coin * (the prefix's sum). Where there are at most SORT_MAX
+   candidates (a trained model's distributions: tens to thousands), so does this kernel: the candidates into shared memory, a bitonic sort (probability down,
+   then id up, as run.c's stable sort of tokens in id order), and one thread walks them with
+   run.c's float sums in run.c's order (the probabilities may differ from run.c's in the last
+   bit: the softmax's sum here is a block sum), and picks the token run.c picks. More
+   candidates (a flat distribution, -p 1, a random model): each cut is a search for its tau
+   instead of a sort, as the prefix is {p >= tau} for some probability tau: the largest tau
+   with count(p >= tau) >= k, or with mass(p >= tau) > m. Positive floats order as their bit
+   patterns, so a bisection over the bits finds tau exactly in at most 31 steps, each one pass
+   over the vocabulary (in shared memory) and a block sum; the chosen token is then the least
+   probable with p >= tau (the last of the walk; ties to the lowest id). The bisections cost
+   ~110 us a token; the sort 10-20 (HLA_CUDA_SAMPLE_SORT=0 leaves it out: the tests compare the
+   two). Greedy (temperature 0) is an argmax, the first of equal
+   maxima as in run.c. */
 #define SAMPLE_THREADS 1024
-struct SampleArgs { float temperature, topp, minp, repeat_penalty, coin; int topk, next_pos; };
+#define SORT_MAX 4096 // candidates the sort path takes (the demo model at -t 1: a median of ~3,300 above top-p's floor)
+struct SampleArgs { float temperature, topp, minp, repeat_penalty, coin; int topk, next_pos, sort; };
 #define IO_SAMPLED (GPU_MAX_BATCH + 1) // io_host: the two slots of sampled tokens, then the penalty window
 #define IO_RECENT (IO_SAMPLED + 2)
 
@@ -1924,6 +1933,64 @@ __device__ static void sampled(int id, int *out, int *next_token, int *next_pos,
     recent[*n_recent % REPEAT_WINDOW] = id;
     *n_recent += 1;
 }
+/* The sort path (see above), if the candidates fit: returns 0 (on every thread) if they do not,
+   or if run.c would redo its walk without the top-p floor (rounding kept the walk below top_p). */
+__device__ static bool sample_sorted(const float *p, int n, float pmax, const SampleArgs &a, int *out, int *next_token, int *next_pos,
+                                     int *recent, int *n_recent) {
+    __shared__ unsigned long long key[SORT_MAX]; // probability bits << 32 | ~id: descending is run.c's order
+    __shared__ int n_cand, chosen;
+    float floor = fmaxf(a.minp * pmax, a.topp < 1.0f ? (1.0f - a.topp) / (float)(n - 1) : 0.0f);
+    if (threadIdx.x == 0) n_cand = 0;
+    for (int i = threadIdx.x; i < SORT_MAX; i += blockDim.x) key[i] = 0; // (below every candidate: padding sorts last)
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        if (p[i] >= floor) {
+            int at = atomicAdd(&n_cand, 1); // (any order: the sort decides it)
+            if (at < SORT_MAX) key[at] = (unsigned long long)__float_as_uint(p[i]) << 32 | (0xffffffffu - (unsigned)i);
+        }
+    __syncthreads();
+    int m = n_cand;
+    if (m > SORT_MAX) return false;
+    int width = 1;
+    while (width < m) width <<= 1;
+    for (int k = 2; k <= width; k <<= 1) // bitonic sort of key[0..width), descending
+        for (int j = k >> 1; j > 0; j >>= 1) {
+            for (int i = threadIdx.x; i < width; i += blockDim.x) {
+                int other = i ^ j;
+                if (other > i) {
+                    unsigned long long x = key[i], y = key[other];
+                    if ((i & k) == 0 ? x < y : x > y) { key[i] = y; key[other] = x; }
+                }
+            }
+            __syncthreads();
+        }
+    if (threadIdx.x == 0) { // run.c's walk, its sums in its order
+        auto prob = [&](int i) { return __uint_as_float((unsigned)(key[i] >> 32)); };
+        auto id = [&](int i) { return (int)(0xffffffffu - (unsigned)key[i]); };
+        int kept = a.topk > 0 && a.topk < m ? a.topk : m, last = -1;
+        float cum = 0.0f;
+        for (int i = 0; i < kept && last < 0; i++) {
+            cum += prob(i);
+            if (a.topp < 1.0f && cum > a.topp) last = i;
+        }
+        if (last < 0 && floor > a.minp * pmax && !(a.topk > 0 && a.topk <= kept)) chosen = -1; // run.c redoes it without the floor
+        else {
+            if (last < 0) last = kept - 1;
+            float total = 0.0f;
+            for (int i = 0; i <= last; i++) total += prob(i);
+            float r = a.coin * total, acc = 0.0f;
+            chosen = id(last);
+            for (int i = 0; i <= last; i++) {
+                acc += prob(i);
+                if (r < acc) { chosen = id(i); break; }
+            }
+        }
+    }
+    __syncthreads();
+    if (chosen < 0) return false;
+    sampled(chosen, out, next_token, next_pos, a.next_pos, recent, n_recent);
+    return true;
+}
 __global__ void sample_kernel(int *out, const float *logits, int n, SampleArgs a, int *next_token, int *next_pos, int *recent, int *n_recent) {
     wait_for_inputs();
     extern __shared__ __align__(16) float p[]; // the logits, then the probabilities
@@ -1968,6 +2035,7 @@ __global__ void sample_kernel(int *out, const float *logits, int n, SampleArgs a
     float pmax = 0.0f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) pmax = fmaxf(pmax, p[i] /= sum);
     pmax = block_max(pmax);
+    if (a.sort && sample_sorted(p, n, pmax, a, out, next_token, next_pos, recent, n_recent)) return;
     float lo = a.minp * pmax; // the candidates: p >= lo
     float2 cm = count_mass(p, n, lo);
     if (a.topk > 0 && cm.x > (float)a.topk) {
@@ -2013,7 +2081,7 @@ extern "C" void cuda_sample_begin(Gpu *gp, const int *recent, int n_recent) {
 // sample the next token from the last step's logits, still on the device; coin: run.c's random draw
 extern "C" void cuda_sample_queue(Gpu *gp, float temperature, float topp, float minp, float repeat_penalty, int topk, float coin) {
     if (gp->n_queued - gp->n_read >= 2) fatal("cuda: more than two sampled tokens queued");
-    SampleArgs a = {temperature, topp, minp, repeat_penalty, coin, topk, gp->pos};
+    SampleArgs a = {temperature, topp, minp, repeat_penalty, coin, topk, gp->pos, gp->sample_sort};
     const Config *c = &gp->m->c;
     int *out = gp->io_device + IO_SAMPLED + gp->n_queued % 2; // (straight into host memory: no copy between the steps)
     launch(gp, sample_kernel, dim3(1), dim3(SAMPLE_THREADS), gp->sample_smem, out, gp->logits, c->vocab_size, a, gp->tokens,
@@ -2102,6 +2170,8 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     CUDA_CHECK(cudaDeviceGetAttribute(&gp->n_sms, cudaDevAttrMultiProcessorCount, 0));
     int cc_major = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, 0));
+    const char *sort = getenv("HLA_CUDA_SAMPLE_SORT");
+    gp->sample_sort = !(sort && atoi(sort) == 0);
     const char *pdl = getenv("HLA_CUDA_PDL");
     gp->dependent_launch = cc_major >= 9 && !(pdl && atoi(pdl) == 0);
     const char *q8_mma = getenv("HLA_CUDA_Q8_MMA"); // 0: q8 prompt products widened to bf16 for cuBLAS (what GPUs before 8.0 do)
@@ -2198,7 +2268,9 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     for (int i = 0; i < 2; i++) CUDA_CHECK(cudaEventCreateWithFlags(&gp->sampled_ready[i], cudaEventDisableTiming));
     int smem_max = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
-    if ((size_t)c->vocab_size * sizeof(float) + 1024 <= (size_t)smem_max) { // + block_sum's and block_best's own
+    cudaFuncAttributes sample_attr;
+    CUDA_CHECK(cudaFuncGetAttributes(&sample_attr, sample_kernel));
+    if ((size_t)c->vocab_size * sizeof(float) + sample_attr.sharedSizeBytes <= (size_t)smem_max) { // + its own __shared__ (the sort's keys)
         gp->sample_smem = (size_t)c->vocab_size * sizeof(float);
         CUDA_CHECK(cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gp->sample_smem));
     }

@@ -272,6 +272,24 @@ def test_gpu_generation_queued_ahead_prints_what_one_step_at_a_time_does(options
 
 
 @gpu
+@pytest.mark.parametrize("options", [["-t", "1.0", "-p", "0.9"], ["-t", "1.3", "-k", "200", "-p", "0.98"], ["-t", "0.9", "--min-p", "0.02"]])
+def test_gpu_samplers_sort_and_bisections_pick_the_same_tokens(options):
+    """Few candidates (the demo's peaked distributions) are sorted and walked as run.c walks them;
+    HLA_CUDA_SAMPLE_SORT=0 takes the bisections instead (what many candidates take). From the
+    same logits both must pick the same tokens (how far each agrees with the CPU is printed:
+    the two devices' logits differ in the last bits)."""
+    def ids(device, env=None):
+        return [run_tool(DEMO, "-i", "ROMEO:", "-n", 120, "-s", seed, *options, "--ids", "--quiet", "--device", device,
+                         env=env).stdout.split() for seed in (1, 2, 3, 4)]
+    sort, bisect = ids("cuda"), ids("cuda", env={**os.environ, "HLA_CUDA_SAMPLE_SORT": "0"})
+    cpu = ids("cpu")
+    for a, b, c in zip(sort, bisect, cpu):
+        same_cpu = next((i for i, (x, y) in enumerate(zip(a, c)) if x != y), len(a))
+        print(f"{' '.join(options)}: sort == bisections: {a == b}; {same_cpu} of {len(a)} tokens equal to the CPU's")
+    assert sort == bisect
+
+
+@gpu
 def test_gpu_sampler_over_the_whole_vocabulary_draws_as_the_cpu_does():
     """-t 1 -p 1: the draw may land anywhere in the tail of 32000 probabilities, where the CPU's
     sequential float sum over the sorted list and the GPU's block sums differ by more than a
