@@ -1885,22 +1885,23 @@ struct SampleArgs { float temperature, topp, minp, repeat_penalty, coin; int top
 #define IO_SAMPLED (GPU_MAX_BATCH + 1) // io_host: the two slots of sampled tokens, then the penalty window
 #define IO_RECENT (IO_SAMPLED + 2)
 
-// (count, mass) of the probabilities >= tau, on every thread
-__device__ static float2 count_mass(const float *p, int n, float tau) {
-    float count = 0.0f, mass = 0.0f;
+// count (mass = 0) or mass (1) of the probabilities >= tau, on every thread
+__device__ static float sum_above(const float *p, int n, float tau, int mass) {
+    float sum = 0.0f;
     for (int i = threadIdx.x; i < n; i += blockDim.x)
-        if (p[i] >= tau) { count += 1.0f; mass += p[i]; }
-    count = block_sum(count);
-    return make_float2(count, block_sum(mass));
+        if (p[i] >= tau) sum += mass ? p[i] : 1.0f;
+    return block_sum(sum);
 }
+__device__ static float2 count_mass(const float *p, int n, float tau) { return make_float2(sum_above(p, n, tau, 0), sum_above(p, n, tau, 1)); }
 
 // the largest tau in [lo, hi] with count(p >= tau) >= k (k > 0) or mass(p >= tau) > m (k == 0); lo must have it
+// (each step sums only what it compares: one block sum a step)
 __device__ static float largest_cut(const float *p, int n, float lo, float hi, int k, float m) {
     unsigned a = __float_as_uint(lo), b = __float_as_uint(hi);
     while (a < b) {
         unsigned mid = a + (b - a + 1) / 2;
-        float2 cm = count_mass(p, n, __uint_as_float(mid));
-        if (k > 0 ? cm.x >= (float)k : cm.y > m) a = mid;
+        float sum = sum_above(p, n, __uint_as_float(mid), k == 0);
+        if (k > 0 ? sum >= (float)k : sum > m) a = mid;
         else b = mid - 1;
     }
     return __uint_as_float(a);
