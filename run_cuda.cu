@@ -680,8 +680,8 @@ struct Gpu {
     int *recent, *n_recent;          // the repetition penalty's window on the device: a ring of REPEAT_WINDOW, tokens in it
     cudaEvent_t sampled_ready[2];    // token k of cuda_sample_queue is in io_host's slot k % 2 once [k % 2] has passed
     int n_queued, n_read;            // tokens queued, tokens read back (cuda_sample_next)
-    size_t sample_smem;              // its shared memory (vocab_size floats), 0 if too large
-    int sample_sort;                 // the sort path for few candidates (HLA_CUDA_SAMPLE_SORT=0: bisections only, for tests)
+    size_t sample_smem;              // its shared memory (vocab_size floats, then sort_max keys), 0 if too large
+    int sort_max;                    // the sort path's candidates at most (0: bisections only; HLA_CUDA_SAMPLE_SORT=0, for tests)
     cudaStream_t stream;
     cublasHandle_t blas;
     cudaGraphExec_t decode_graph;    // the one-token step, captured on first use
@@ -1866,22 +1866,23 @@ extern "C" void cuda_forward(Gpu *gp, const int *tokens, int T, int pos, int all
    which together hold less than 1 - top_p) by probability, keeps a prefix (top-k, then top-p:
    up to the first token at which the running sum exceeds top_p), and walks the prefix until
    the running sum exceeds r = coin * (the prefix's sum). Where there are at most SORT_MAX
-   candidates (a trained model's distributions: tens to thousands), so does this kernel: the candidates into shared memory, a bitonic sort (probability down,
-   then id up, as run.c's stable sort of tokens in id order), and one thread walks them with
-   run.c's float sums in run.c's order (the probabilities may differ from run.c's in the last
-   bit: the softmax's sum here is a block sum), and picks the token run.c picks. More
-   candidates (a flat distribution, -p 1, a random model): each cut is a search for its tau
-   instead of a sort, as the prefix is {p >= tau} for some probability tau: the largest tau
-   with count(p >= tau) >= k, or with mass(p >= tau) > m. Positive floats order as their bit
-   patterns, so a bisection over the bits finds tau exactly in at most 31 steps, each one pass
-   over the vocabulary (in shared memory) and a block sum; the chosen token is then the least
-   probable with p >= tau (the last of the walk; ties to the lowest id). The bisections cost
-   ~110 us a token; the sort 10-20 (HLA_CUDA_SAMPLE_SORT=0 leaves it out: the tests compare the
-   two). Greedy (temperature 0) is an argmax, the first of equal
+   candidates (a trained model's distributions: tens to thousands), so does this kernel: the
+   candidates into shared memory, a bitonic sort (probability down, then id up, as run.c's
+   stable sort of tokens in id order), and one thread walks them with run.c's float sums in
+   run.c's order (the probabilities themselves may differ from run.c's in the last bit: the
+   softmax's sum here is a block sum). More candidates (a flat distribution, -p 1, a random
+   model): each cut is a search for its tau instead of a sort, as the prefix is {p >= tau}
+   for some probability tau: the largest tau with count(p >= tau) >= k, or with
+   mass(p >= tau) > m. Positive floats order as their bit patterns, so a bisection over the
+   bits finds tau exactly in at most 31 steps, each one pass over the vocabulary (in shared
+   memory) and a block sum; the chosen token is then the least probable with p >= tau (the
+   last of the walk; ties to the lowest id). With -t 0.8 -p 0.9 the sort path takes ~34 us a
+   token on the demo model, the bisections ~110 (HLA_CUDA_SAMPLE_SORT=0 leaves the sort out:
+   the tests compare the two paths). Greedy (temperature 0) is an argmax, the first of equal
    maxima as in run.c. */
 #define SAMPLE_THREADS 1024
-#define SORT_MAX 4096 // candidates the sort path takes (the demo model at -t 1: a median of ~3,300 above top-p's floor)
-struct SampleArgs { float temperature, topp, minp, repeat_penalty, coin; int topk, next_pos, sort; };
+#define SORT_MAX 4096 // candidates the sort path takes at most (the demo model at -t 1: a median of ~3,300 above top-p's floor)
+struct SampleArgs { float temperature, topp, minp, repeat_penalty, coin; int topk, next_pos, sort_max; }; // sort_max: the sort path's room (0: none)
 #define IO_SAMPLED (GPU_MAX_BATCH + 1) // io_host: the two slots of sampled tokens, then the penalty window
 #define IO_RECENT (IO_SAMPLED + 2)
 
@@ -1938,20 +1939,22 @@ __device__ static void sampled(int id, int *out, int *next_token, int *next_pos,
    or if run.c would redo its walk without the top-p floor (rounding kept the walk below top_p). */
 __device__ static bool sample_sorted(const float *p, int n, float pmax, const SampleArgs &a, int *out, int *next_token, int *next_pos,
                                      int *recent, int *n_recent) {
-    __shared__ unsigned long long key[SORT_MAX]; // probability bits << 32 | ~id: descending is run.c's order
+    // a.sort_max keys after the probabilities (in the kernel's shared memory): probability bits << 32 | ~id,
+    // so that descending is run.c's order
+    unsigned long long *key = (unsigned long long *)(p + (n + 1) / 2 * 2);
     __shared__ int n_cand, chosen;
     float floor = fmaxf(a.minp * pmax, a.topp < 1.0f ? (1.0f - a.topp) / (float)(n - 1) : 0.0f);
     if (threadIdx.x == 0) n_cand = 0;
-    for (int i = threadIdx.x; i < SORT_MAX; i += blockDim.x) key[i] = 0; // (below every candidate: padding sorts last)
+    for (int i = threadIdx.x; i < a.sort_max; i += blockDim.x) key[i] = 0; // (below every candidate: padding sorts last)
     __syncthreads();
     for (int i = threadIdx.x; i < n; i += blockDim.x)
         if (p[i] >= floor) {
             int at = atomicAdd(&n_cand, 1); // (any order: the sort decides it)
-            if (at < SORT_MAX) key[at] = (unsigned long long)__float_as_uint(p[i]) << 32 | (0xffffffffu - (unsigned)i);
+            if (at < a.sort_max) key[at] = (unsigned long long)__float_as_uint(p[i]) << 32 | (0xffffffffu - (unsigned)i);
         }
     __syncthreads();
     int m = n_cand;
-    if (m > SORT_MAX) return false;
+    if (m > a.sort_max) return false;
     int width = 1;
     while (width < m) width <<= 1;
     for (int k = 2; k <= width; k <<= 1) // bitonic sort of key[0..width), descending
@@ -2036,7 +2039,7 @@ __global__ void sample_kernel(int *out, const float *logits, int n, SampleArgs a
     float pmax = 0.0f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) pmax = fmaxf(pmax, p[i] /= sum);
     pmax = block_max(pmax);
-    if (a.sort && sample_sorted(p, n, pmax, a, out, next_token, next_pos, recent, n_recent)) return;
+    if (a.sort_max && sample_sorted(p, n, pmax, a, out, next_token, next_pos, recent, n_recent)) return;
     float lo = a.minp * pmax; // the candidates: p >= lo
     float2 cm = count_mass(p, n, lo);
     if (a.topk > 0 && cm.x > (float)a.topk) {
@@ -2082,7 +2085,7 @@ extern "C" void cuda_sample_begin(Gpu *gp, const int *recent, int n_recent) {
 // sample the next token from the last step's logits, still on the device; coin: run.c's random draw
 extern "C" void cuda_sample_queue(Gpu *gp, float temperature, float topp, float minp, float repeat_penalty, int topk, float coin) {
     if (gp->n_queued - gp->n_read >= 2) fatal("cuda: more than two sampled tokens queued");
-    SampleArgs a = {temperature, topp, minp, repeat_penalty, coin, topk, gp->pos, gp->sample_sort};
+    SampleArgs a = {temperature, topp, minp, repeat_penalty, coin, topk, gp->pos, gp->sort_max};
     const Config *c = &gp->m->c;
     int *out = gp->io_device + IO_SAMPLED + gp->n_queued % 2; // (straight into host memory: no copy between the steps)
     launch(gp, sample_kernel, dim3(1), dim3(SAMPLE_THREADS), gp->sample_smem, out, gp->logits, c->vocab_size, a, gp->tokens,
@@ -2171,8 +2174,6 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     CUDA_CHECK(cudaDeviceGetAttribute(&gp->n_sms, cudaDevAttrMultiProcessorCount, 0));
     int cc_major = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, 0));
-    const char *sort = getenv("HLA_CUDA_SAMPLE_SORT");
-    gp->sample_sort = !(sort && atoi(sort) == 0);
     const char *pdl = getenv("HLA_CUDA_PDL");
     gp->dependent_launch = cc_major >= 9 && !(pdl && atoi(pdl) == 0);
     const char *q8_mma = getenv("HLA_CUDA_Q8_MMA"); // 0: q8 prompt products widened to bf16 for cuBLAS (what GPUs before 8.0 do)
@@ -2271,8 +2272,11 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
     cudaFuncAttributes sample_attr;
     CUDA_CHECK(cudaFuncGetAttributes(&sample_attr, sample_kernel));
-    if ((size_t)c->vocab_size * sizeof(float) + sample_attr.sharedSizeBytes <= (size_t)smem_max) { // + its own __shared__ (the sort's keys)
-        gp->sample_smem = (size_t)c->vocab_size * sizeof(float);
+    size_t probs_bytes = (size_t)(c->vocab_size + 1) / 2 * 2 * sizeof(float), room = (size_t)smem_max - sample_attr.sharedSizeBytes;
+    if (probs_bytes <= room) { // the probabilities, and as many sort keys as fit up to SORT_MAX (a power of two)
+        const char *sort = getenv("HLA_CUDA_SAMPLE_SORT");
+        for (gp->sort_max = sort && atoi(sort) == 0 ? 0 : SORT_MAX; gp->sort_max && probs_bytes + gp->sort_max * 8 > room;) gp->sort_max /= 2;
+        gp->sample_smem = probs_bytes + (size_t)gp->sort_max * 8;
         CUDA_CHECK(cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gp->sample_smem));
     }
     CUDA_CHECK(cudaDeviceSynchronize());

@@ -290,6 +290,36 @@ def test_gpu_samplers_sort_and_bisections_pick_the_same_tokens(options):
 
 
 @gpu
+@pytest.mark.parametrize("vocab", [52000, 60000])
+def test_gpu_sampler_with_a_large_vocabulary(vocab, tmp_path):
+    """The sort's keys share the block's shared memory with the probabilities: at 52,000 tokens
+    fewer of them fit (the sort path still runs), at 60,000 not even the probabilities (run.c
+    samples). A GatedDeltaNet fixture with its embeddings and head widened to `vocab` random
+    rows (2-60 tokens above min-p 0.05): the sort path and the bisections pick the same tokens
+    (the CPU's are printed beside them)."""
+    from safetensors.numpy import load_file, save_file
+    import json
+    d = tmp_path / "wide"
+    d.mkdir()
+    cfg = json.loads((REPO / "tests" / "fixtures" / "gated_deltanet_gva" / "config.json").read_text())
+    cfg["vocab_size"] = vocab
+    (d / "config.json").write_text(json.dumps(cfg))
+    w = load_file(str(REPO / "tests" / "fixtures" / "gated_deltanet_gva" / "model.safetensors"))
+    rng = np.random.default_rng(5)
+    for name in ("model.embeddings.weight", "lm_head.weight"):
+        w[name] = (rng.standard_normal((vocab, cfg["hidden_size"])) * (0.5 if name == "lm_head.weight" else 1.0)).astype(np.float32)
+    save_file(w, str(d / "model.safetensors"))
+    model = tmp_path / "wide.bin"
+    export(d, model)
+    def ids(device, env=None):
+        return [run_tool(model, "--tokens", "1,2,3", "-n", 40, "-s", seed, "-t", "1.0", "--min-p", "0.05", "-p", "0.95", "--ids",
+                         "--quiet", "--device", device, env=env).stdout.split() for seed in (1, 2, 3)]
+    sort, bisect, cpu = ids("cuda"), ids("cuda", env={**os.environ, "HLA_CUDA_SAMPLE_SORT": "0"}), ids("cpu")
+    print(f"vocab {vocab}: sort == bisections: {sort == bisect}; sort == cpu: {sort == cpu}; {len(set(sum(sort, [])))} distinct tokens")
+    assert sort == bisect and len(set(sum(sort, []))) >= 10
+
+
+@gpu
 def test_gpu_sampler_over_the_whole_vocabulary_draws_as_the_cpu_does():
     """-t 1 -p 1: the draw may land anywhere in the tail of 32000 probabilities, where the CPU's
     sequential float sum over the sorted list and the GPU's block sums differ by more than a
