@@ -3049,7 +3049,11 @@ static int sample(Sampler *sp, float *logits, int n, const int *recent, int n_re
             float *l = &logits[recent[i]];
             *l = *l > 0 ? *l / sp->repeat_penalty : *l * sp->repeat_penalty;
         }
-    if (sp->temperature == 0.0f) return argmax(logits, n);
+    if (sp->temperature == 0.0f) {
+        int best = argmax(logits, n);
+        if (!isfinite(logits[best])) fatal("sampling: the logits are not finite (NaN or inf): the model's numbers overflowed");
+        return best;
+    }
     for (int i = 0; i < n; i++) logits[i] /= sp->temperature;
     softmax(logits, n);
     // candidates: all tokens sorted by probability, then cut by top-k, min-p and top-p.
@@ -3075,6 +3079,7 @@ static int sample(Sampler *sp, float *logits, int n, const int *recent, int n_re
         if (last >= 0 || cutoff == 0.0f || (sp->topk > 0 && sp->topk <= m)) break; // (top-k cut inside the candidates: as without the cutoff)
         cutoff = 0.0f;
     }
+    if (m == 0) fatal("sampling: the logits are not finite (NaN or inf): the model's numbers overflowed");
     if (last < 0) last = m - 1;
     float total = 0;
     for (int i = 0; i <= last; i++) total += sp->probindex[i].prob;
@@ -3180,6 +3185,7 @@ static void generate(const Model *m, RunState *s, const Tokenizer *tok, Sampler 
                 s->pos += 1;
             }
             next = cuda_sample_next(s->gpu);
+            if (next < 0 || next >= V) fatal("sampling on the GPU: the logits are not finite (NaN or inf): the model's numbers overflowed");
             if (fed_ahead) {
                 s->last_token = next;
                 gpu_sample_queue(s, sp);

@@ -1927,12 +1927,15 @@ __device__ static int block_best(float v, int id, bool largest) {
 
 /* The token is also the next step's input: written where the decode graph reads its token and
    position (so it never travels to the host and back before the next step), and appended to the
-   penalty's window. */
-__device__ static void sampled(int id, int *out, int *next_token, int *next_pos, int pos, int *recent, int *n_recent) {
+   penalty's window. No token (id n: the logits or probabilities are not finite) goes to the host
+   as n, which run.c refuses, and to the step run.c may have queued after it as token 0, so that it reads no row past
+   the embeddings. */
+__device__ static void sampled(int id, int n, int *out, int *next_token, int *next_pos, int pos, int *recent, int *n_recent) {
     if (threadIdx.x) return;
-    *out = *next_token = id;
+    *out = id;
+    *next_token = id < n ? id : 0;
     *next_pos = pos;
-    recent[*n_recent % REPEAT_WINDOW] = id;
+    recent[*n_recent % REPEAT_WINDOW] = *next_token;
     *n_recent += 1;
 }
 /* The sort path (see above), if the candidates fit: returns 0 (on every thread) if they do not,
@@ -1954,7 +1957,7 @@ __device__ static bool sample_sorted(const float *p, int n, float pmax, const Sa
         }
     __syncthreads();
     int m = n_cand;
-    if (m > a.sort_max) return false;
+    if (m == 0 || m > a.sort_max) return false; // (none: NaN probabilities, left to the bisections' answer)
     int width = 1;
     while (width < m) width <<= 1;
     for (int k = 2; k <= width; k <<= 1) // bitonic sort of key[0..width), descending
@@ -1992,7 +1995,7 @@ __device__ static bool sample_sorted(const float *p, int n, float pmax, const Sa
     }
     __syncthreads();
     if (chosen < 0) return false;
-    sampled(chosen, out, next_token, next_pos, a.next_pos, recent, n_recent);
+    sampled(chosen, n, out, next_token, next_pos, a.next_pos, recent, n_recent);
     return true;
 }
 __global__ void sample_kernel(int *out, const float *logits, int n, SampleArgs a, int *next_token, int *next_pos, int *recent, int *n_recent) {
@@ -2027,7 +2030,8 @@ __global__ void sample_kernel(int *out, const float *logits, int n, SampleArgs a
         int id = n;
         for (int i = threadIdx.x; i < n; i += blockDim.x)
             if (p[i] > v || id == n) { v = p[i]; id = i; }
-        sampled(block_best(v, id, true), out, next_token, next_pos, a.next_pos, recent, n_recent);
+        int best = block_best(v, id, true);
+        sampled(isfinite(p[best]) ? best : n, n, out, next_token, next_pos, a.next_pos, recent, n_recent);
         return;
     }
     float mx = -INFINITY; // softmax(logits / temperature)
@@ -2056,7 +2060,7 @@ __global__ void sample_kernel(int *out, const float *logits, int n, SampleArgs a
     int id = n;
     for (int i = threadIdx.x; i < n; i += blockDim.x)
         if (p[i] >= tau && (p[i] < v || id == n)) { v = p[i]; id = i; }
-    sampled(block_best(v, id, false), out, next_token, next_pos, a.next_pos, recent, n_recent);
+    sampled(block_best(v, id, false), n, out, next_token, next_pos, a.next_pos, recent, n_recent);
 }
 
 // can the vocabulary's probabilities sit in one block's shared memory? (else run.c samples)

@@ -88,6 +88,28 @@ def test_context_overflow_is_refused_not_a_crash(exported):
     assert_clean_error(r, "context")
 
 
+def overflowing_model(tmp_path):
+    """A fixture whose head's weights are finite but so large (3e38) that its logits are +-inf
+    (export.py accepts them: only non-finite weights are refused)."""
+    d = tmp_path / "overflow"
+    d.mkdir()
+    shutil.copy(FIXTURES / "gated_deltanet_gva" / "config.json", d / "config.json")
+    w = load_file(str(FIXTURES / "gated_deltanet_gva" / "model.safetensors"))
+    w["lm_head.weight"][:] = np.float32(3e38)
+    save_file(w, str(d / "model.safetensors"))
+    export(d, tmp_path / "overflow.bin")
+    return tmp_path / "overflow.bin"
+
+
+@pytest.mark.parametrize("options", [["-t", "0"], ["-t", "1"], ["-t", "1", "-p", "1"], ["-t", "0.8", "-k", "5", "--min-p", "0.1"]])
+def test_logits_that_are_not_finite_stop_generation_with_an_error(options, tmp_path):
+    """Greedy or sampled, infinite or NaN logits are an error, not a token (the sampler's
+    candidates were empty and it read before its array)"""
+    r = run_tool(overflowing_model(tmp_path), "--tokens", "1,2,3", "-n", 5, "--ids", *options, check=False)
+    assert_clean_error(r, "not finite")
+    assert r.stdout == b""
+
+
 def test_bad_option_values(exported):
     for args in (["-n", "-3"], ["-t", "abc"], ["-p", "2"], ["-T", "0"], ["--ctx", "0"]):
         assert_clean_error(run_tool(exported(GOOD), "--tokens", "1", *args, check=False))

@@ -320,6 +320,17 @@ def test_gpu_sampler_with_a_large_vocabulary(vocab, tmp_path):
 
 
 @gpu
+@pytest.mark.parametrize("options", [["-t", "0"], ["-t", "1"], ["-t", "1", "-p", "1"], ["-t", "0.8", "-k", "5", "--min-p", "0.1"]])
+def test_gpu_logits_that_are_not_finite_stop_generation_with_an_error(options, tmp_path):
+    """As on the CPU (test_bad_inputs.py): the GPU's sampler hands run.c no token, which it
+    refuses; the step it may have queued after it gets token 0, not a row past the embeddings"""
+    from test_bad_inputs import overflowing_model
+    r = run_tool(overflowing_model(tmp_path), "--tokens", "1,2,3", "-n", 5, "--ids", "--device", "cuda", *options, check=False)
+    assert_clean_error(r, "not finite")
+    assert r.stdout == b""
+
+
+@gpu
 def test_gpu_sampler_over_the_whole_vocabulary_draws_as_the_cpu_does():
     """-t 1 -p 1: the draw may land anywhere in the tail of 32000 probabilities, where the CPU's
     sequential float sum over the sorted list and the GPU's block sums differ by more than a
