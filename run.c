@@ -3042,6 +3042,8 @@ static void sort_by_prob(ProbIndex *a, ProbIndex *scratch, int m) {
     if (from != a) memcpy(a, from, sizeof(ProbIndex) * (size_t)m);
 }
 
+#define LOGITS_NOT_FINITE "the logits are not finite (NaN or inf): the model's numbers overflowed"
+
 // logits -> token. `recent` holds the last n_recent tokens for the repetition penalty.
 static int sample(Sampler *sp, float *logits, int n, const int *recent, int n_recent) {
     if (sp->repeat_penalty != 1.0f) // CTRL-style: divide positive logits, multiply negative ones
@@ -3051,7 +3053,7 @@ static int sample(Sampler *sp, float *logits, int n, const int *recent, int n_re
         }
     if (sp->temperature == 0.0f) {
         int best = argmax(logits, n);
-        if (!isfinite(logits[best])) fatal("sampling: the logits are not finite (NaN or inf): the model's numbers overflowed");
+        if (!isfinite(logits[best])) fatal("sampling: " LOGITS_NOT_FINITE);
         return best;
     }
     for (int i = 0; i < n; i++) logits[i] /= sp->temperature;
@@ -3079,7 +3081,7 @@ static int sample(Sampler *sp, float *logits, int n, const int *recent, int n_re
         if (last >= 0 || cutoff == 0.0f || (sp->topk > 0 && sp->topk <= m)) break; // (top-k cut inside the candidates: as without the cutoff)
         cutoff = 0.0f;
     }
-    if (m == 0) fatal("sampling: the logits are not finite (NaN or inf): the model's numbers overflowed");
+    if (m == 0) fatal("sampling: " LOGITS_NOT_FINITE);
     if (last < 0) last = m - 1;
     float total = 0;
     for (int i = 0; i <= last; i++) total += sp->probindex[i].prob;
@@ -3185,7 +3187,7 @@ static void generate(const Model *m, RunState *s, const Tokenizer *tok, Sampler 
                 s->pos += 1;
             }
             next = cuda_sample_next(s->gpu);
-            if (next < 0 || next >= V) fatal("sampling on the GPU: the logits are not finite (NaN or inf): the model's numbers overflowed");
+            if (next < 0 || next >= V) fatal("sampling on the GPU: " LOGITS_NOT_FINITE);
             if (fed_ahead) {
                 s->last_token = next;
                 gpu_sample_queue(s, sp);

@@ -22,8 +22,8 @@
      dk/32 columns of them, in registers, for the whole prompt; per token only q, k, v and the
      gates are read.
    - Sampling: when generating, the logits stay on the device and one block picks the token
-     as run.c's sampler would (sample_kernel: a bisection on probability values instead of a
-     sort); the token id comes back to the host, and stays on the device as the next step's
+     as run.c's sampler would (sample_kernel: a trained model's few candidates sorted, many cut
+     by bisections on probability values); the token id comes back to the host, and stays on the device as the next step's
      input, which run.c queues before it reads the token. Other modes copy the logits back. */
 
 #define HLA_TYPES_ONLY
@@ -1893,7 +1893,14 @@ __device__ static float sum_above(const float *p, int n, float tau, int mass) {
         if (p[i] >= tau) sum += mass ? p[i] : 1.0f;
     return block_sum(sum);
 }
-__device__ static float2 count_mass(const float *p, int n, float tau) { return make_float2(sum_above(p, n, tau, 0), sum_above(p, n, tau, 1)); }
+// (count, mass) of the probabilities >= tau, on every thread: one pass, two block sums
+__device__ static float2 count_mass(const float *p, int n, float tau) {
+    float count = 0.0f, mass = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        if (p[i] >= tau) { count += 1.0f; mass += p[i]; }
+    count = block_sum(count);
+    return make_float2(count, block_sum(mass));
+}
 
 // the largest tau in [lo, hi] with count(p >= tau) >= k (k > 0) or mass(p >= tau) > m (k == 0); lo must have it
 // (each step sums only what it compares: one block sum a step)
@@ -1928,8 +1935,8 @@ __device__ static int block_best(float v, int id, bool largest) {
 /* The token is also the next step's input: written where the decode graph reads its token and
    position (so it never travels to the host and back before the next step), and appended to the
    penalty's window. No token (id n: the logits or probabilities are not finite) goes to the host
-   as n, which run.c refuses, and to the step run.c may have queued after it as token 0, so that it reads no row past
-   the embeddings. */
+   as n, which run.c refuses, and to the step run.c may have queued after it as token 0, so that
+   it reads no row past the embeddings. */
 __device__ static void sampled(int id, int n, int *out, int *next_token, int *next_pos, int pos, int *recent, int *n_recent) {
     if (threadIdx.x) return;
     *out = id;
@@ -1946,12 +1953,12 @@ __device__ static bool sample_sorted(const float *p, int n, float pmax, const Sa
     // so that descending is run.c's order
     unsigned long long *key = (unsigned long long *)(p + (n + 1) / 2 * 2);
     __shared__ int n_cand, chosen;
-    float floor = fmaxf(a.minp * pmax, a.topp < 1.0f ? (1.0f - a.topp) / (float)(n - 1) : 0.0f);
+    float cutoff = fmaxf(a.minp * pmax, a.topp < 1.0f ? (1.0f - a.topp) / (float)(n - 1) : 0.0f); // (run.c's two bounds)
     if (threadIdx.x == 0) n_cand = 0;
     for (int i = threadIdx.x; i < a.sort_max; i += blockDim.x) key[i] = 0; // (below every candidate: padding sorts last)
     __syncthreads();
     for (int i = threadIdx.x; i < n; i += blockDim.x)
-        if (p[i] >= floor) {
+        if (p[i] >= cutoff) {
             int at = atomicAdd(&n_cand, 1); // (any order: the sort decides it)
             if (at < a.sort_max) key[at] = (unsigned long long)__float_as_uint(p[i]) << 32 | (0xffffffffu - (unsigned)i);
         }
@@ -1980,7 +1987,7 @@ __device__ static bool sample_sorted(const float *p, int n, float pmax, const Sa
             cum += prob(i);
             if (a.topp < 1.0f && cum > a.topp) last = i;
         }
-        if (last < 0 && floor > a.minp * pmax && !(a.topk > 0 && a.topk <= kept)) chosen = -1; // run.c redoes it without the floor
+        if (last < 0 && cutoff > a.minp * pmax && !(a.topk > 0 && a.topk <= kept)) chosen = -1; // run.c redoes it without the floor
         else {
             if (last < 0) last = kept - 1;
             float total = 0.0f;

@@ -10,12 +10,14 @@ does on the lent H100): every fla fixture through --device cuda, prompt path and
 weight dtype against fla's fp32 logits with a tolerance stated per dtype; and CPU against
 CUDA logits on random models of the paper's 340M shape.
 """
+import json
 import os
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
 from conftest import REPO, RUN, assert_clean_error, export, fixture_names, run_tool
 from paper_shape_check import random_checkpoint
@@ -297,8 +299,6 @@ def test_gpu_sampler_with_a_large_vocabulary(vocab, tmp_path):
     samples). A GatedDeltaNet fixture with its embeddings and head widened to `vocab` random
     rows (2-60 tokens above min-p 0.05): the sort path and the bisections pick the same tokens
     (the CPU's are printed beside them)."""
-    from safetensors.numpy import load_file, save_file
-    import json
     d = tmp_path / "wide"
     d.mkdir()
     cfg = json.loads((REPO / "tests" / "fixtures" / "gated_deltanet_gva" / "config.json").read_text())
