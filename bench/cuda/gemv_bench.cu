@@ -90,7 +90,7 @@ int main(int argc, char **argv) {
     const int NB = 24, ITER = 96;
     if (argc > 1 && !strcmp(argv[1], "chain")) {
         Shape layer[] = {shapes[0], shapes[3], shapes[1], shapes[2]};
-        if (getenv("GEMV_Q8")) for (Shape &s : layer) s.dtype = DTYPE_Q8; // GEMV_Q8=1: the same layer in q8
+        if (env_int("GEMV_Q8")) for (Shape &s : layer) s.dtype = DTYPE_Q8; // GEMV_Q8=1: the same layer in q8
         size_t layer_bytes = 0, off[4];
         for (int i = 0; i < 4; i++) { off[i] = layer_bytes; layer_bytes += shape_bytes(layer[i]); }
         uint8_t *buf;
@@ -105,7 +105,7 @@ int main(int argc, char **argv) {
         CUDA_CHECK(cudaStreamEndCapture(gp->stream, &g));
         CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
         float best = best_ms(gp, 8, [&] { CUDA_CHECK(cudaGraphLaunch(ge, gp->stream)); });
-        printf("chain%s warps=%d (x2 from 2048 columns) stages=%d unroll=%d blocks=%d: %.1f us a layer, %.0f GB/s\n", getenv("GEMV_Q8") ? " q8" : "", GEMV_WARPS, GEMV_STAGES, GEMV_UNROLL, gp->gemv_blocks_per_sm,
+        printf("chain%s warps=%d (x2 from 2048 columns) stages=%d unroll=%d blocks=%d: %.1f us a layer, %.0f GB/s\n", env_int("GEMV_Q8") ? " q8" : "", GEMV_WARPS, GEMV_STAGES, GEMV_UNROLL, gp->gemv_blocks_per_sm,
                best * 1e3 / NB, layer_bytes * NB / (best * 1e-3) / 1e9);
         return 0;
     }
