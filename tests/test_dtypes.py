@@ -61,32 +61,39 @@ def test_thread_count_does_not_change_the_logits(name, dtype, exported, tmp_path
         assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2]), f"{name} {dtype} {mode}"
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "q8"])
+# the batch kernels that stand in for the fp32 tile where the CPU has them: (env turning them on,
+# what `./run --info` says when they are in use)
+FAST_BATCHES = {"amx": ({"HLA_AMX": "1"}, "AMX tiles"), "avx512_bf16": ({"HLA_AMX": "0", "HLA_BF16_TILE": "1"}, "AVX512-BF16 for bf16")}
+
+
+@pytest.mark.parametrize("kernel,dtype", [("amx", "bf16"), ("amx", "q8"), ("avx512_bf16", "bf16")])
 @pytest.mark.parametrize("name", ["gated_deltanet_gva", "gla_gqa_conv_clamp", "transformer", "hgrn2_conv_4heads"])
-def test_amx_batches_against_the_vector_kernels(name, dtype, exported, tmp_path):
+def test_fast_batch_kernels_against_the_fp32_tile(name, kernel, dtype, exported, tmp_path):
     """Where the build and the CPU have AMX (./run --info says so), a bf16 or q8 prompt batch goes
-    through its tiles (run.c's amx_rows_times_tokens, amx_q8_rows_times_tokens); HLA_AMX=0 takes
-    the AVX-512 kernel instead. bf16: both multiply x rounded to bf16 by the bf16 weights, each
-    product exact, so the logits differ by the order of the fp32 sums, and where that moves an x
-    across a bf16 rounding step downstream (at a few tokens, as between the batched and one-token
-    paths above). q8: the tiles sum each group's integer products exactly, as one token's kernel
-    does, the vector kernel multiplies the same rounded x in fp32; where x's int16 rounding flips,
-    they part by up to ~3e-4. Token counts: 80 (groups of 32 or 16 and a part), row counts down
-    to 4 (a padded last chunk)."""
+    through its tiles (run.c's amx_rows_times_tokens, amx_q8_rows_times_tokens); where they have
+    AVX512-BF16 and AMX is not in use, a bf16 batch goes through bf16_rows_times_tokens (VDPBF16PS);
+    HLA_AMX=0 HLA_BF16_TILE=0 takes the fp32 tile (rows converted) instead. bf16: all multiply x
+    rounded to bf16 by the bf16 weights, each product exact, so the logits differ by the order of
+    the fp32 sums, and where that moves an x across a bf16 rounding step downstream (at a few
+    tokens, as between the batched and one-token paths above). q8: the tiles sum each group's
+    integer products exactly, as one token's kernel does, the vector kernel multiplies the same
+    rounded x in fp32; where x's int16 rounding flips, they part by up to ~3e-4. Token counts: 80
+    (groups of 32 or 16 and a part), row counts down to 4 (a padded last chunk)."""
     model = exported(name, dtype)
-    if "AMX tiles" not in run_tool(model, "--info").stdout.decode():
-        pytest.skip("no AMX tiles here (build or CPU): the AVX-512 kernels are the only batch path")
+    env, says = FAST_BATCHES[kernel]
+    if says not in run_tool(model, "--info", env=dict(os.environ, **env)).stdout.decode():
+        pytest.skip(f"no {kernel} batch kernel here (build or CPU)")
     e = load_file(str(FIXTURES / name / "expected.safetensors"))
     toks = ",".join(map(str, e["tokens_long"]))
     got = {}
-    for amx in ("1", "0"):
-        out = tmp_path / f"l{amx}.f32"
-        run_tool(model, "--tokens", toks, "--logits", out, env=dict(os.environ, HLA_AMX=amx))
-        got[amx] = np.fromfile(out, np.float32).reshape(len(e["tokens_long"]), -1)
-    gap = np.abs(got["1"] - got["0"]).max(axis=1)
-    print(f"{name} {dtype}: AMX vs AVX-512 per token max {gap.max():.2e} median {np.median(gap):.2e}")
+    for which, run_env in (("fast", env), ("fp32 tile", {"HLA_AMX": "0", "HLA_BF16_TILE": "0"})):
+        out = tmp_path / "l.f32"
+        run_tool(model, "--tokens", toks, "--logits", out, env=dict(os.environ, **run_env))
+        got[which] = np.fromfile(out, np.float32).reshape(len(e["tokens_long"]), -1)
+    gap = np.abs(got["fast"] - got["fp32 tile"]).max(axis=1)
+    print(f"{name} {dtype}: {kernel} vs the fp32 tile per token max {gap.max():.2e} median {np.median(gap):.2e}")
     if dtype == "bf16":
         assert float(np.median(gap)) <= 1e-5 and float(gap.max()) <= 1.5e-2
     else:
         assert float(gap.max()) <= 1e-3
-    assert float(np.abs(got["1"] - e["logits_long_decode"]).max()) <= TOLERANCE[dtype]
+    assert float(np.abs(got["fast"] - e["logits_long_decode"]).max()) <= TOLERANCE[dtype]
