@@ -1249,7 +1249,7 @@ static float *packed_tokens(const float *x, int T, int cols) {
 // the nt lines fell in one L1 set whenever out's rows were a multiple of 4 KB apart, and each
 // row's pass missed on all of them: a 4096 x 1024 product of 128 tokens 13% slower than with
 // 4104 rows.)
-static void store_tile(float *out, int out_stride, vfloat acc[TILE_ROWS][2], int n, int nt) {
+static void store_tile(float *out, int out_stride, const vfloat (*acc)[2], int n, int nt) {
     for (int t = 0; t < nt; t++)
         for (int i = 0; i < n; i++) out[(size_t)t * out_stride + i] = t < VEC_FLOATS ? acc[i][0][t] : acc[i][1][t - VEC_FLOATS];
 }
@@ -1265,7 +1265,7 @@ static void rows_times_tokens(float *out, int out_stride, const float *const w[T
             acc[i][1] += x1 * w[i][k];
         }
     }
-    store_tile(out, out_stride, acc, n, nt);
+    store_tile(out, out_stride, (const vfloat(*)[2])acc, n, nt);
 }
 
 /* bf16 rows where the CPU has AVX512-BF16 and AMX's tiles (below) are not in use (AMD's Zen 4
@@ -1294,7 +1294,7 @@ static void bf16_rows_times_tokens(float *out, int out_stride, const uint16_t *c
             acc[i][1] = (vfloat)_mm512_dpbf16_ps((__m512)acc[i][1], wp, x1);
         }
     }
-    store_tile(out, out_stride, acc, n, nt);
+    store_tile(out, out_stride, (const vfloat(*)[2])acc, n, nt);
 }
 static int bf16_tile_on(void) {
     static int on = -1;
@@ -1316,6 +1316,70 @@ static uint32_t *pair_tokens(const float *xp, int T, int cols) {
                     f32_to_bf16(g[(size_t)(2 * p) * TILE_TOKENS + t]) | (uint32_t)f32_to_bf16(g[(size_t)(2 * p + 1) * TILE_TOKENS + t]) << 16;
             }
     return pairs;
+}
+#endif
+
+/* q8 rows where the CPU has AVX-512 VNNI and AMX's tiles are not in use: the sum one token's
+   q8 kernel computes (quantize_x's int16 x, each group of 64 summed exactly in int32, then scaled),
+     out[t][r] = sum over groups g of (w_scale[r][g] * x_scale[t][g]) * sum_{i in g} w_q8[r][i] x_q[t][i]
+   for Q8_TILE_ROWS rows x 32 tokens at a time: VPDPWSSD adds a lane's two int16 products into its
+   int32 sum, so a row's weight pair (widened to int16 once per chunk, broadcast) times 16 tokens'
+   pairs of x_q is one instruction; at a group's end each sum is scaled into fp32 as dot_q8_x16
+   does. 6 rows: 12 int32 and 12 fp32 accumulators. (Without it a batch multiplies the rows
+   converted to fp32 by x_q's values as floats: the same products, rounded in another order.)
+   HLA_Q8_TILE=0 takes that path instead. */
+#if defined(__AVX512VNNI__) && defined(__AVX512F__)
+#define SIMD_Q8_TILE 1
+#define Q8_TILE_ROWS 6
+typedef struct {
+    int32_t *pairs; // per group of TILE_TOKENS tokens: [cols / 2][TILE_TOKENS] pairs (x_q[2p], x_q[2p+1]) as int16s
+    float *scale;   // per group of TILE_TOKENS tokens: [cols / Q8_GROUP][TILE_TOKENS] x_scale
+} Q8Tokens;
+// out[t0 + t][r] for the n <= Q8_TILE_ROWS rows w (int16 pairs) with scales ws, the nt real tokens of one group
+static void q8_rows_times_tokens(float *out, int out_stride, const int32_t *const w[Q8_TILE_ROWS], const float *const ws[Q8_TILE_ROWS],
+                                 const int32_t *xp, const float *xs, int cols, int n, int nt) {
+    vfloat acc[Q8_TILE_ROWS][2];
+    for (int i = 0; i < Q8_TILE_ROWS; i++) acc[i][0] = acc[i][1] = (vfloat){0};
+    for (int g = 0; g < cols / Q8_GROUP; g++) {
+        __m512i sum[Q8_TILE_ROWS][2];
+        for (int i = 0; i < Q8_TILE_ROWS; i++) sum[i][0] = sum[i][1] = _mm512_setzero_si512();
+        for (int p = g * Q8_GROUP / 2; p < (g + 1) * Q8_GROUP / 2; p++) {
+            __m512i x0 = _mm512_loadu_si512(xp + (size_t)p * TILE_TOKENS), x1 = _mm512_loadu_si512(xp + (size_t)p * TILE_TOKENS + 16);
+            for (int i = 0; i < Q8_TILE_ROWS; i++) {
+                __m512i wp = _mm512_set1_epi32(w[i][p]);
+                sum[i][0] = _mm512_dpwssd_epi32(sum[i][0], wp, x0);
+                sum[i][1] = _mm512_dpwssd_epi32(sum[i][1], wp, x1);
+            }
+        }
+        __m512 s0 = _mm512_loadu_ps(xs + (size_t)g * TILE_TOKENS), s1 = _mm512_loadu_ps(xs + (size_t)g * TILE_TOKENS + 16);
+        for (int i = 0; i < Q8_TILE_ROWS; i++) {
+            __m512 w_scale = _mm512_set1_ps(ws[i][g]);
+            acc[i][0] = (vfloat)_mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[i][0]), _mm512_mul_ps(w_scale, s0), (__m512)acc[i][0]);
+            acc[i][1] = (vfloat)_mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[i][1]), _mm512_mul_ps(w_scale, s1), (__m512)acc[i][1]);
+        }
+    }
+    store_tile(out, out_stride, (const vfloat(*)[2])acc, n, nt);
+}
+static int q8_tile_on(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *env = getenv("HLA_Q8_TILE");
+        on = !(env && !strcmp(env, "0"));
+    }
+    return on;
+}
+// T tokens rounded as quantize_x rounds one (xq: a token's buffers) into the tile's layout
+static Q8Tokens q8_pair_tokens(QuantizedX *xq, const float *x, int T, int cols) {
+    size_t groups = (size_t)(T + TILE_TOKENS - 1) / TILE_TOKENS, G = (size_t)cols / Q8_GROUP;
+    Q8Tokens q = {xcalloc(groups * TILE_TOKENS * cols / 2, sizeof(int32_t)), xcalloc(groups * TILE_TOKENS * G, sizeof(float))};
+    for (int t = 0; t < T; t++) {
+        quantize_token(xq, x + (size_t)t * cols, cols);
+        int32_t *pairs = q.pairs + (size_t)(t / TILE_TOKENS) * TILE_TOKENS * cols / 2 + t % TILE_TOKENS;
+        float *scale = q.scale + (size_t)(t / TILE_TOKENS) * TILE_TOKENS * G + t % TILE_TOKENS;
+        for (int p = 0; p < cols / 2; p++) pairs[(size_t)p * TILE_TOKENS] = (int32_t)((uint16_t)xq->q[2 * p] | (uint32_t)(uint16_t)xq->q[2 * p + 1] << 16);
+        for (size_t g = 0; g < G; g++) scale[g * TILE_TOKENS] = xq->scale[g];
+    }
+    return q;
 }
 #endif
 
@@ -1515,6 +1579,7 @@ typedef struct {
     const float *x_packed_q8; // ... and for q8 weights, the rounded x packed
     const float *x_packed_bf16; // ... and for bf16 weights
     const uint32_t *x_pairs_packed; // ... and as bf16 pairs for bf16_rows_times_tokens
+    const void *x_q8_tokens; // a batch, q8 weights, VNNI: x rounded into q8_rows_times_tokens' layout (a Q8Tokens)
     const uint32_t *x_amx; // a batch, bf16 weights, AMX: x in B tiles (amx_pack_tokens)
     const void *x_amx_q8;  // a batch, q8 weights, AMX: x in int8 B tiles (an AmxQ8Tokens)
     int chunk_rows[MAX_MATMULS], first_chunk[MAX_MATMULS + 1]; // matrix i's rows: chunks first_chunk[i].. of chunk_rows[i]
@@ -1576,16 +1641,27 @@ static void matmul_rows(void *arg, int thread, int nt) {
         }
 #endif
         const uint32_t *pairs = w->dtype == DTYPE_BF16 ? j->x_pairs_packed : NULL; // (bf16_rows_times_tokens)
+        const void *q8_tokens = w->dtype == DTYPE_Q8 ? j->x_q8_tokens : NULL;     // (q8_rows_times_tokens)
         if (w->dtype != DTYPE_F32 && !pairs && !rows && !(rows = malloc(sizeof(float) * CHUNK_ROWS * stride))) fatal("out of memory");
-        if (w->dtype != DTYPE_F32 && !pairs)
+        if (q8_tokens) // the chunk's rows widened to int16 pairs (cols / 2 int32 of each row's stride)
+            for (int r = r0; r < r1; r++) {
+                const int8_t *wq = (const int8_t *)w->data + (size_t)r * cols;
+                int32_t *row = (int32_t *)(rows + (size_t)(r - r0) * stride);
+                for (int p = 0; p < cols / 2; p++) row[p] = (int32_t)((uint16_t)wq[2 * p] | (uint32_t)(uint16_t)wq[2 * p + 1] << 16);
+            }
+        else if (w->dtype != DTYPE_F32 && !pairs)
             for (int r = r0; r < r1; r++) matrix_row(w, r, rows + (size_t)(r - r0) * stride);
         // token groups outside, the chunk's row tiles inside: a group's packed x (cols x TILE_TOKENS
         // floats) stays in L2 for the chunk's tiles; tiles outside streamed all of x from L3 for
         // every tile (bench/RESULTS.md, eighth session: +10-35% on the 340M products of 512 tokens)
         const float *xp = w->dtype == DTYPE_Q8 ? j->x_packed_q8 : w->dtype == DTYPE_BF16 ? j->x_packed_bf16 : j->x_packed;
+        int tile_rows = TILE_ROWS;
+#ifdef SIMD_Q8_TILE
+        if (q8_tokens) tile_rows = Q8_TILE_ROWS;
+#endif
         for (int t0 = 0; t0 < j->T; t0 += TILE_TOKENS)
-            for (int r = r0; r < r1; r += TILE_ROWS) {
-                int n = r1 - r < TILE_ROWS ? r1 - r : TILE_ROWS, nt = j->T - t0 < TILE_TOKENS ? j->T - t0 : TILE_TOKENS;
+            for (int r = r0; r < r1; r += tile_rows) {
+                int n = r1 - r < tile_rows ? r1 - r : tile_rows, nt = j->T - t0 < TILE_TOKENS ? j->T - t0 : TILE_TOKENS;
                 const void *wr[TILE_ROWS];
                 for (int i = 0; i < TILE_ROWS; i++) {
                     int ri = r + (i < n ? i : n - 1); // past the end: repeat the last row, results dropped
@@ -1593,6 +1669,16 @@ static void matmul_rows(void *arg, int thread, int nt) {
                             : w->dtype == DTYPE_F32 ? (const void *)((const float *)w->data + (size_t)ri * cols) : rows + (size_t)(ri - r0) * stride;
                 }
                 float *o = j->out[m] + (size_t)t0 * w->rows + r;
+#ifdef SIMD_Q8_TILE
+                if (q8_tokens) {
+                    const Q8Tokens *q = q8_tokens;
+                    size_t G = (size_t)cols / Q8_GROUP;
+                    const float *ws[Q8_TILE_ROWS];
+                    for (int i = 0; i < Q8_TILE_ROWS; i++) ws[i] = w->scales + (size_t)(r + (i < n ? i : n - 1)) * G;
+                    q8_rows_times_tokens(o, w->rows, (const int32_t *const *)wr, ws, q->pairs + (size_t)t0 * cols / 2, q->scale + (size_t)t0 * G, cols, n, nt);
+                    continue;
+                }
+#endif
 #ifdef SIMD_BF16_TILE
                 if (pairs) {
                     bf16_rows_times_tokens(o, w->rows, (const uint16_t *const *)wr, pairs + (size_t)t0 * cols / 2, cols, n, nt);
@@ -1698,10 +1784,21 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
 #endif
     QuantizedX xq = {0};
     float *rounded = NULL; // a batch for q8 weights: each token's x rounded as for one token, as floats
+    int q8_tile = 0;       // ... or in q8_rows_times_tokens' layout
+#if defined(SIMD_Q8_TILE) && !defined(USE_OPENBLAS)
+    q8_tile = T > 1 && q8 && !amx_q8 && q8_tile_on();
+    Q8Tokens q8_tokens = {0};
+#endif
     if (q8 && (T == 1 || !amx_q8)) { // (AMX rounds and packs its own)
         xq.q = xcalloc((size_t)cols, sizeof(int16_t));
         xq.scale = xcalloc((size_t)cols / Q8_GROUP, sizeof(float));
         if (T == 1) quantize_token(&xq, x, cols);
+#if defined(SIMD_Q8_TILE) && !defined(USE_OPENBLAS)
+        else if (q8_tile) {
+            q8_tokens = q8_pair_tokens(&xq, x, T, cols);
+            j.x_q8_tokens = &q8_tokens;
+        }
+#endif
         else {
             rounded = xcalloc((size_t)T * cols, sizeof(float));
             for (int t = 0; t < T; t++) {
@@ -1721,7 +1818,7 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
 #endif
     if (T > 1 && !blas) { // x packed once for all threads and matrices
         if (other) j.x_packed = packed = packed_tokens(x, T, cols);
-        if (q8 && !amx_q8) j.x_packed_q8 = packed_q8 = packed_tokens(rounded, T, cols);
+        if (q8 && !amx_q8 && !q8_tile) j.x_packed_q8 = packed_q8 = packed_tokens(rounded, T, cols);
         if (bf16 && !amx_bf16) j.x_packed_bf16 = packed_bf16 = packed_tokens(x_bf16, T, cols);
 #ifdef SIMD_BF16_TILE
         if (bf16 && !amx_bf16 && cols % 2 == 0 && bf16_tile_on()) j.x_pairs_packed = packed_pairs = pair_tokens(packed_bf16, T, cols);
@@ -1747,6 +1844,10 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
     free(x_amx_q8.scale);
 #endif
     free(rounded);
+#if defined(SIMD_Q8_TILE) && !defined(USE_OPENBLAS)
+    free(q8_tokens.pairs);
+    free(q8_tokens.scale);
+#endif
     free(xq.q);
     free(xq.scale);
     free(pairs);
@@ -3496,16 +3597,18 @@ static void print_info(const Model *m, int ctx) {
 #ifdef __AVX512VNNI__
     vnni = " (VNNI for q8)";
 #endif
+    const char *bf16_tile = "", *q8_tile = ""; // the batch tiles that stand in where AMX is not in use
 #ifdef SIMD_BF16_TILE
-    const char *bf16_tile = bf16_tile_on() ? ", AVX512-BF16 for bf16 prompt batches" : "";
-#else
-    const char *bf16_tile = "";
+    if (bf16_tile_on()) bf16_tile = ", AVX512-BF16 for bf16 prompt batches";
+#endif
+#if defined(SIMD_Q8_TILE) && !defined(USE_OPENBLAS)
+    if (q8_tile_on()) q8_tile = ", VNNI for q8 prompt batches";
 #endif
 #ifdef SIMD_AMX
     amx = amx_ready() ? ", AMX tiles for bf16 and q8 prompt batches" : ", AMX built in but off (HLA_AMX=0, or the kernel did not grant it)";
-    if (amx_ready()) bf16_tile = "";
+    if (amx_ready()) bf16_tile = q8_tile = "";
 #endif
-    printf("cpu kernels: %s%s%s%s\n", simd, vnni, amx, bf16_tile);
+    printf("cpu kernels: %s%s%s%s%s\n", simd, vnni, amx, bf16_tile, q8_tile);
     (void)ctx;
 }
 

@@ -63,10 +63,11 @@ def test_thread_count_does_not_change_the_logits(name, dtype, exported, tmp_path
 
 # the batch kernels that stand in for the fp32 tile where the CPU has them: (env turning them on,
 # what `./run --info` says when they are in use)
-FAST_BATCHES = {"amx": ({"HLA_AMX": "1"}, "AMX tiles"), "avx512_bf16": ({"HLA_AMX": "0", "HLA_BF16_TILE": "1"}, "AVX512-BF16 for bf16")}
+FAST_BATCHES = {"amx": ({"HLA_AMX": "1"}, "AMX tiles"), "avx512_bf16": ({"HLA_AMX": "0", "HLA_BF16_TILE": "1"}, "AVX512-BF16 for bf16"),
+                "avx512_vnni": ({"HLA_AMX": "0", "HLA_Q8_TILE": "1"}, "VNNI for q8 prompt")}
 
 
-@pytest.mark.parametrize("kernel,dtype", [("amx", "bf16"), ("amx", "q8"), ("avx512_bf16", "bf16")])
+@pytest.mark.parametrize("kernel,dtype", [("amx", "bf16"), ("amx", "q8"), ("avx512_bf16", "bf16"), ("avx512_vnni", "q8")])
 @pytest.mark.parametrize("name", ["gated_deltanet_gva", "gla_gqa_conv_clamp", "transformer", "hgrn2_conv_4heads"])
 def test_fast_batch_kernels_against_the_fp32_tile(name, kernel, dtype, exported, tmp_path):
     """Where the build and the CPU have AMX (./run --info says so), a bf16 or q8 prompt batch goes
@@ -86,7 +87,7 @@ def test_fast_batch_kernels_against_the_fp32_tile(name, kernel, dtype, exported,
     e = load_file(str(FIXTURES / name / "expected.safetensors"))
     toks = ",".join(map(str, e["tokens_long"]))
     got = {}
-    for which, run_env in (("fast", env), ("fp32 tile", {"HLA_AMX": "0", "HLA_BF16_TILE": "0"})):
+    for which, run_env in (("fast", env), ("fp32 tile", {"HLA_AMX": "0", "HLA_BF16_TILE": "0", "HLA_Q8_TILE": "0"})):
         out = tmp_path / "l.f32"
         run_tool(model, "--tokens", toks, "--logits", out, env=dict(os.environ, **run_env))
         got[which] = np.fromfile(out, np.float32).reshape(len(e["tokens_long"]), -1)
