@@ -1245,6 +1245,15 @@ static float *packed_tokens(const float *x, int T, int cols) {
     return xp;
 }
 
+// a kernel the environment turns off with NAME=0 (tests and comparisons); read once, into *cached
+static inline int switched_on(const char *name, int *cached) { // (inline: builds without those kernels do not use it)
+    if (*cached < 0) {
+        const char *env = getenv(name);
+        *cached = !(env && !strcmp(env, "0"));
+    }
+    return *cached;
+}
+
 // a tile's sums into out: token t's n outputs at a time. (Row by row, down the columns of out,
 // the nt lines fell in one L1 set whenever out's rows were a multiple of 4 KB apart, and each
 // row's pass missed on all of them: a 4096 x 1024 product of 128 tokens 13% slower than with
@@ -1279,7 +1288,7 @@ static void rows_times_tokens(float *out, int out_stride, const float *const w[T
    rate, but there AMX takes bf16 batches. xp: the group's x as bf16 pairs, pair-major
    (xp[p][t] = x_t[2p] | x_t[2p+1] << 16, pair_tokens). HLA_BF16_TILE=0 converts the rows to fp32
    for the fp32 tile instead (tests compare the two). */
-#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#if defined(__AVX512BF16__) && defined(__AVX512F__) && !defined(USE_OPENBLAS) // (with OpenBLAS, sgemm takes the batches)
 #define SIMD_BF16_TILE 1
 static void bf16_rows_times_tokens(float *out, int out_stride, const uint16_t *const w[TILE_ROWS], const uint32_t *xp, int cols, int n, int nt) {
     vfloat acc[TILE_ROWS][2];
@@ -1298,11 +1307,7 @@ static void bf16_rows_times_tokens(float *out, int out_stride, const uint16_t *c
 }
 static int bf16_tile_on(void) {
     static int on = -1;
-    if (on < 0) {
-        const char *env = getenv("HLA_BF16_TILE");
-        on = !(env && !strcmp(env, "0"));
-    }
-    return on;
+    return switched_on("HLA_BF16_TILE", &on);
 }
 // pack_tokens' layout of x (already rounded to bf16 values) as bf16 pairs, half the size
 static uint32_t *pair_tokens(const float *xp, int T, int cols) {
@@ -1328,7 +1333,7 @@ static uint32_t *pair_tokens(const float *xp, int T, int cols) {
    does. 6 rows: 12 int32 and 12 fp32 accumulators. (Without it a batch multiplies the rows
    converted to fp32 by x_q's values as floats: the same products, rounded in another order.)
    HLA_Q8_TILE=0 takes that path instead. */
-#if defined(__AVX512VNNI__) && defined(__AVX512F__)
+#if defined(__AVX512VNNI__) && defined(__AVX512F__) && !defined(USE_OPENBLAS) // (with OpenBLAS, sgemm takes the batches)
 #define SIMD_Q8_TILE 1
 #define Q8_TILE_ROWS 6
 typedef struct {
@@ -1362,11 +1367,7 @@ static void q8_rows_times_tokens(float *out, int out_stride, const int32_t *cons
 }
 static int q8_tile_on(void) {
     static int on = -1;
-    if (on < 0) {
-        const char *env = getenv("HLA_Q8_TILE");
-        on = !(env && !strcmp(env, "0"));
-    }
-    return on;
+    return switched_on("HLA_Q8_TILE", &on);
 }
 // T tokens rounded as quantize_x rounds one (xq: a token's buffers) into the tile's layout
 static Q8Tokens q8_pair_tokens(QuantizedX *xq, const float *x, int T, int cols) {
@@ -1407,8 +1408,8 @@ static uint8_t amx_tile_config[64];
 static int amx_ready(void) { // (first called from the main thread, in matmuls)
     static int ready = -1;
     if (ready < 0) {
-        const char *env = getenv("HLA_AMX");
-        ready = !(env && !strcmp(env, "0")) && syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+        int env_on = -1;
+        ready = switched_on("HLA_AMX", &env_on) && syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
         amx_tile_config[0] = 1;
         for (int i = 0; i < 8; i++) { amx_tile_config[16 + 2 * i] = 64; amx_tile_config[48 + i] = 16; }
     }
@@ -1785,7 +1786,7 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
     QuantizedX xq = {0};
     float *rounded = NULL; // a batch for q8 weights: each token's x rounded as for one token, as floats
     int q8_tile = 0;       // ... or in q8_rows_times_tokens' layout
-#if defined(SIMD_Q8_TILE) && !defined(USE_OPENBLAS)
+#ifdef SIMD_Q8_TILE
     q8_tile = T > 1 && q8 && !amx_q8 && q8_tile_on();
     Q8Tokens q8_tokens = {0};
 #endif
@@ -1793,7 +1794,7 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
         xq.q = xcalloc((size_t)cols, sizeof(int16_t));
         xq.scale = xcalloc((size_t)cols / Q8_GROUP, sizeof(float));
         if (T == 1) quantize_token(&xq, x, cols);
-#if defined(SIMD_Q8_TILE) && !defined(USE_OPENBLAS)
+#ifdef SIMD_Q8_TILE
         else if (q8_tile) {
             q8_tokens = q8_pair_tokens(&xq, x, T, cols);
             j.x_q8_tokens = &q8_tokens;
@@ -1844,7 +1845,7 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
     free(x_amx_q8.scale);
 #endif
     free(rounded);
-#if defined(SIMD_Q8_TILE) && !defined(USE_OPENBLAS)
+#ifdef SIMD_Q8_TILE
     free(q8_tokens.pairs);
     free(q8_tokens.scale);
 #endif
@@ -3601,7 +3602,7 @@ static void print_info(const Model *m, int ctx) {
 #ifdef SIMD_BF16_TILE
     if (bf16_tile_on()) bf16_tile = ", AVX512-BF16 for bf16 prompt batches";
 #endif
-#if defined(SIMD_Q8_TILE) && !defined(USE_OPENBLAS)
+#ifdef SIMD_Q8_TILE
     if (q8_tile_on()) q8_tile = ", VNNI for q8 prompt batches";
 #endif
 #ifdef SIMD_AMX
