@@ -649,8 +649,9 @@ static float dot(const float *a, const float *b, int n) {
    largest value, is far below the weights' own 2^-8. (int8 for x too, as llama.cpp's Q8_0 and
    llama2.c's runq do, ran 2.4x in cache but only 7-14% faster decode here, and doubled the
    mean KL from fp32 on the random 340M models: not taken.) A prompt batch multiplies the same
-   rounded x, as floats (x_scale[g] * x_q[i]), so it equals its tokens one by one. A group that
-   is not finite gets a NaN scale: the products it enters come out NaN. */
+   rounded x (AMX and VNNI batches: the same integer group sums; other batches: x_scale[g] * x_q[i]
+   as floats), so it equals its tokens one by one up to fp32 rounding. A group that is not
+   finite gets a NaN scale: the products it enters come out NaN. */
 typedef struct {
     int16_t *q;   // [n]: x_q
     float *scale; // [n / Q8_GROUP]: x_scale
