@@ -19,8 +19,9 @@ used) and fp32 FMA peak (bench/fma), the fraction of each roofline reached:
           the mean over the decoded tokens) / bandwidth;
   prefill: tokens/s x matrix FLOPs per prompt token (2 per weight, attention scores and
            values at the mean position; not the recurrences) / FMA peak; prefill_kernel=amx
-           where bf16 and q8 prompts run on AMX tiles (./run --info), whose rate the fp32
-           FMA peak does not bound (fractions above 1), vector otherwise;
+           where bf16 and q8 prompts run on AMX tiles (./run --info), avx512_bf16 or vnni
+           where they run on the vdpbf16ps / vpdpwssd tiles instead, vector otherwise (the
+           fp32 FMA peak bounds only the last: the others can pass 1);
 and, with --llama2c DIR, karpathy/llama2.c's run (fp32, OpenMP) and runq (int8) on a
 random Transformer of the same shape (bench/llama2c.py), then the issue's ratios. For those,
 decode is measured again in turns (each rep: llama2.c's run, its runq, our Transformer in
@@ -105,6 +106,7 @@ def exported(size, shapes_dir, name, dtypes):
             subprocess.run([sys.executable, str(REPO / "export.py"), str(ckpt), str(out[t]), "--dtype", t],
                            check=True, capture_output=True)
             out[t].with_suffix(".src").write_text(key)
+        os.sync()  # the new files on disk before anything is timed (run AG's 1.3B rows ran beside their writeback)
         created_s += time.time() - t0
     if all(usable(d / f"{name}.{t}.bin", key) for t in DTYPES) and (d / name).exists():
         shutil.rmtree(d / name)
@@ -161,6 +163,18 @@ def model_costs(model, prompt, decode, first=1):
     mean_ctx = sum(min(p + 1, window) for p in range(prompt)) / prompt
     flops += n_attn * 4.0 * c["attn_heads"] * c["attn_head_dim"] * mean_ctx  # q.k and p.v
     return total, per_token, flops
+
+
+def batch_kernel(model, dtype):
+    """which kernel ./run --info says a prompt batch of this dtype goes through"""
+    info = subprocess.run([str(REPO / "run"), str(model), "--info"], capture_output=True, text=True).stdout
+    if dtype in ("bf16", "q8") and "AMX tiles" in info:
+        return "amx"
+    if dtype == "bf16" and "AVX512-BF16 for bf16" in info:
+        return "avx512_bf16"
+    if dtype == "q8" and "VNNI for q8 prompt" in info:
+        return "vnni"
+    return "vector"
 
 
 def ours(model, threads, tokens, steps, *flags):
@@ -287,10 +301,8 @@ def main():
                 vocab = table(model)[0]["vocab"]
                 pre, dec = measure(model, threads, prompt, decode, vocab, reps, context)
                 bench_line(f"{name}-{size}{f'-ctx{context}' if context else ''}", dtype, threads, prompt, pre, dec, total)
-                amx = dtype in ("bf16", "q8") and "AMX tiles" in subprocess.run(
-                    [str(REPO / "run"), str(model), "--info"], capture_output=True, text=True).stdout
                 rows.append(dict(size=size, name=name, dtype=dtype, prompt=prompt, prefill=pre, decode=dec,
-                                 per_token=per_token, flops=flops, kernel="amx" if amx else "vector"))
+                                 per_token=per_token, flops=flops, kernel=batch_kernel(model, dtype)))
         if l2c_dir and size in l2c_sizes and (sdir / "transformer").is_dir():
             c = llama2c.config_from_shapes(sdir / "transformer")
             progs = {}
