@@ -1259,7 +1259,7 @@ static inline int switched_on(const char *name, int *cached) { // (inline: build
 // the nt lines fell in one L1 set whenever out's rows were a multiple of 4 KB apart, and each
 // row's pass missed on all of them: a 4096 x 1024 product of 128 tokens 13% slower than with
 // 4104 rows.)
-static void store_tile(float *out, int out_stride, const vfloat (*acc)[2], int n, int nt) {
+static void store_tile(float *out, int out_stride, vfloat (*acc)[2], int n, int nt) {
     for (int t = 0; t < nt; t++)
         for (int i = 0; i < n; i++) out[(size_t)t * out_stride + i] = t < VEC_FLOATS ? acc[i][0][t] : acc[i][1][t - VEC_FLOATS];
 }
@@ -1275,7 +1275,7 @@ static void rows_times_tokens(float *out, int out_stride, const float *const w[T
             acc[i][1] += x1 * w[i][k];
         }
     }
-    store_tile(out, out_stride, (const vfloat(*)[2])acc, n, nt);
+    store_tile(out, out_stride, acc, n, nt);
 }
 
 /* bf16 rows where the CPU has AVX512-BF16 and AMX's tiles (below) are not in use (AMD's Zen 4
@@ -1304,23 +1304,21 @@ static void bf16_rows_times_tokens(float *out, int out_stride, const uint16_t *c
             acc[i][1] = (vfloat)_mm512_dpbf16_ps((__m512)acc[i][1], wp, x1);
         }
     }
-    store_tile(out, out_stride, (const vfloat(*)[2])acc, n, nt);
+    store_tile(out, out_stride, acc, n, nt);
 }
 static int bf16_tile_on(void) {
     static int on = -1;
     return switched_on("HLA_BF16_TILE", &on);
 }
-// pack_tokens' layout of x (already rounded to bf16 values) as bf16 pairs, half the size
-static uint32_t *pair_tokens(const float *xp, int T, int cols) {
-    size_t n = (size_t)(T + TILE_TOKENS - 1) / TILE_TOKENS * TILE_TOKENS * cols / 2;
-    uint32_t *pairs = xcalloc(n, sizeof(uint32_t));
-    for (int t0 = 0; t0 < T; t0 += TILE_TOKENS)
-        for (int p = 0; p < cols / 2; p++)
-            for (int t = 0; t < TILE_TOKENS; t++) {
-                const float *g = xp + (size_t)t0 * cols;
-                pairs[(size_t)t0 * cols / 2 + (size_t)p * TILE_TOKENS + t] =
-                    f32_to_bf16(g[(size_t)(2 * p) * TILE_TOKENS + t]) | (uint32_t)f32_to_bf16(g[(size_t)(2 * p + 1) * TILE_TOKENS + t]) << 16;
-            }
+// T tokens of x (already rounded to bf16 values) as the tile's bf16 pairs: per group of
+// TILE_TOKENS tokens [cols / 2][TILE_TOKENS], tokens past T zero
+static uint32_t *pair_tokens(const float *x, int T, int cols) {
+    uint32_t *pairs = xcalloc((size_t)(T + TILE_TOKENS - 1) / TILE_TOKENS * TILE_TOKENS * cols / 2, sizeof(uint32_t));
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + (size_t)t * cols;
+        uint32_t *group = pairs + (size_t)(t / TILE_TOKENS) * TILE_TOKENS * cols / 2 + t % TILE_TOKENS;
+        for (int p = 0; p < cols / 2; p++) group[(size_t)p * TILE_TOKENS] = f32_to_bf16(xt[2 * p]) | (uint32_t)f32_to_bf16(xt[2 * p + 1]) << 16;
+    }
     return pairs;
 }
 #endif
@@ -1364,7 +1362,7 @@ static void q8_rows_times_tokens(float *out, int out_stride, const int32_t *cons
             acc[i][1] = (vfloat)_mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[i][1]), _mm512_mul_ps(w_scale, s1), (__m512)acc[i][1]);
         }
     }
-    store_tile(out, out_stride, (const vfloat(*)[2])acc, n, nt);
+    store_tile(out, out_stride, acc, n, nt);
 }
 static int q8_tile_on(void) {
     static int on = -1;
@@ -1665,7 +1663,7 @@ static void matmul_rows(void *arg, int thread, int nt) {
             for (int r = r0; r < r1; r += tile_rows) {
                 int n = r1 - r < tile_rows ? r1 - r : tile_rows, nt = j->T - t0 < TILE_TOKENS ? j->T - t0 : TILE_TOKENS;
                 const void *wr[TILE_ROWS];
-                for (int i = 0; i < TILE_ROWS; i++) {
+                for (int i = 0; i < tile_rows; i++) {
                     int ri = r + (i < n ? i : n - 1); // past the end: repeat the last row, results dropped
                     wr[i] = pairs ? (const void *)((const uint16_t *)w->data + (size_t)ri * cols)
                             : w->dtype == DTYPE_F32 ? (const void *)((const float *)w->data + (size_t)ri * cols) : rows + (size_t)(ri - r0) * stride;
@@ -1674,10 +1672,10 @@ static void matmul_rows(void *arg, int thread, int nt) {
 #ifdef SIMD_Q8_TILE
                 if (q8_tokens) {
                     const Q8Tokens *q = q8_tokens;
-                    size_t G = (size_t)cols / Q8_GROUP;
-                    const float *ws[Q8_TILE_ROWS];
-                    for (int i = 0; i < Q8_TILE_ROWS; i++) ws[i] = w->scales + (size_t)(r + (i < n ? i : n - 1)) * G;
-                    q8_rows_times_tokens(o, w->rows, (const int32_t *const *)wr, ws, q->pairs + (size_t)t0 * cols / 2, q->scale + (size_t)t0 * G, cols, n, nt);
+                    const float *ws[Q8_TILE_ROWS]; // the rows' group scales, past the end as wr repeats the last
+                    for (int i = 0; i < Q8_TILE_ROWS; i++) ws[i] = w->scales + (size_t)(r + (i < n ? i : n - 1)) * (cols / Q8_GROUP);
+                    q8_rows_times_tokens(o, w->rows, (const int32_t *const *)wr, ws, q->pairs + (size_t)t0 * cols / 2,
+                                         q->scale + (size_t)t0 * (cols / Q8_GROUP), cols, n, nt);
                     continue;
                 }
 #endif
@@ -1821,10 +1819,12 @@ static void matmuls(const float *x, int T, int n, float *const out[], const Matr
     if (T > 1 && !blas) { // x packed once for all threads and matrices
         if (other) j.x_packed = packed = packed_tokens(x, T, cols);
         if (q8 && !amx_q8 && !q8_tile) j.x_packed_q8 = packed_q8 = packed_tokens(rounded, T, cols);
-        if (bf16 && !amx_bf16) j.x_packed_bf16 = packed_bf16 = packed_tokens(x_bf16, T, cols);
+        int bf16_tile = 0; // bf16 products through bf16_rows_times_tokens, on x in pairs
 #ifdef SIMD_BF16_TILE
-        if (bf16 && !amx_bf16 && cols % 2 == 0 && bf16_tile_on()) j.x_pairs_packed = packed_pairs = pair_tokens(packed_bf16, T, cols);
+        bf16_tile = bf16 && !amx_bf16 && cols % 2 == 0 && bf16_tile_on();
+        if (bf16_tile) j.x_pairs_packed = packed_pairs = pair_tokens(x_bf16, T, cols);
 #endif
+        if (bf16 && !amx_bf16 && !bf16_tile) j.x_packed_bf16 = packed_bf16 = packed_tokens(x_bf16, T, cols);
     }
     const char *last = NULL; // one token: where the call's reading ends in the file (dtype_bytes: q8 scales included)
     for (int i = 0; T == 1 && i < j.n; i++) {

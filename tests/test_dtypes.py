@@ -71,15 +71,16 @@ FAST_BATCHES = {"amx": ({"HLA_AMX": "1"}, "AMX tiles"), "avx512_bf16": ({"HLA_AM
 @pytest.mark.parametrize("name", ["gated_deltanet_gva", "gla_gqa_conv_clamp", "transformer", "hgrn2_conv_4heads"])
 def test_fast_batch_kernels_against_the_fp32_tile(name, kernel, dtype, exported, tmp_path):
     """Where the build and the CPU have AMX (./run --info says so), a bf16 or q8 prompt batch goes
-    through its tiles (run.c's amx_rows_times_tokens, amx_q8_rows_times_tokens); where they have
-    AVX512-BF16 and AMX is not in use, a bf16 batch goes through bf16_rows_times_tokens (VDPBF16PS);
-    HLA_AMX=0 HLA_BF16_TILE=0 takes the fp32 tile (rows converted) instead. bf16: all multiply x
-    rounded to bf16 by the bf16 weights, each product exact, so the logits differ by the order of
-    the fp32 sums, and where that moves an x across a bf16 rounding step downstream (at a few
-    tokens, as between the batched and one-token paths above). q8: the tiles sum each group's
-    integer products exactly, as one token's kernel does, the vector kernel multiplies the same
-    rounded x in fp32; where x's int16 rounding flips, they part by up to ~3e-4. Token counts: 80
-    (groups of 32 or 16 and a part), row counts down to 4 (a padded last chunk)."""
+    through its tiles (run.c's amx_rows_times_tokens, amx_q8_rows_times_tokens); where AMX is not
+    in use, a bf16 batch goes through bf16_rows_times_tokens (VDPBF16PS) where the CPU has
+    AVX512-BF16, and a q8 batch through q8_rows_times_tokens (VPDPWSSD) where it has VNNI;
+    HLA_AMX=0 HLA_BF16_TILE=0 HLA_Q8_TILE=0 takes the fp32 tile (rows converted) instead. bf16: all
+    multiply x rounded to bf16 by the bf16 weights, each product exact, so the logits differ by the
+    order of the fp32 sums, and where that moves an x across a bf16 rounding step downstream (at a
+    few tokens, as between the batched and one-token paths above). q8: the tiles sum each group's
+    integer products exactly, as one token's kernel does, the fp32 tile multiplies the same rounded
+    x in fp32; where x's int16 rounding flips, they part by up to ~3.5e-4. Token counts: 80 (groups
+    of 32 or 16 and a part), row counts down to 4 (a padded last chunk)."""
     model = exported(name, dtype)
     env, says = FAST_BATCHES[kernel]
     if says not in run_tool(model, "--info", env=dict(os.environ, **env)).stdout.decode():
