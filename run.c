@@ -246,6 +246,12 @@ static void load_model(Model *m, const char *path) {
     m->map = mmap(NULL, m->map_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (m->map == MAP_FAILED) fatal("%s: mmap failed (%s)", path, strerror(errno));
+#ifdef MADV_HUGEPAGE
+    // a hint: weights read from disk come into the page cache as 2 MB folios, each mapped by one
+    // TLB entry, where the kernel and file system can (Linux 6.x, ext4 / xfs large folios). Zen 5
+    // VM, 340M q8 file read cold: 385 of its 397 MB mapped that way, 299 MB without the hint.
+    madvise(m->map, m->map_bytes, MADV_HUGEPAGE);
+#endif
     Config *c = &m->c;
     memcpy(c, m->map, sizeof *c);
     if (memcmp(c->magic, MODEL_MAGIC, 4) != 0) fatal("%s: not an hla.c model file (bad magic)", path);

@@ -13,7 +13,9 @@ into the page cache, the thread pool), then ./run measures, from its stats line:
 Prints, per run:
   BENCH model=<name>-<size> dtype=<t> threads=<n> prompt_tokens=<p> prefill_tok_s=<x> decode_tok_s=<y> weight_bytes=<b>
 then the machine's read bandwidth (bench/bandwidth, measured before and after, the best
-used) and fp32 FMA peak (bench/fma), the fraction of each roofline reached:
+used) and fp32 FMA peak (bench/fma), the fraction of each roofline reached (decode also
+paired: each decode rep between two short bandwidth probes, judged against the higher of
+them, the row's closest rep reported as paired_decode_fraction):
   decode: tokens/s x bytes one token moves (the weights but the embedding table, of which one
           row; the recurrent state read and written; the KV cache up to the step's position,
           the mean over the decoded tokens) / bandwidth;
@@ -61,7 +63,7 @@ DTYPES = ["fp32", "bf16", "q8"]
 # size: (shapes directory, prompt tokens for prefill, decode tokens)
 SIZES = {"340M": ("tests/paper_shapes", 512, 32), "1.3B": ("tests/paper_shapes_1.3B", 128, 16)}
 TARGETS = {"q8_vs_llama2c_fp32": 3.5, "bf16_vs_llama2c_fp32": 1.9, "fp32_vs_llama2c_fp32": 1.0,
-           "decode_roofline": 0.95, "prefill_fma_peak": 0.50}
+           "decode_roofline": 0.95, "decode_roofline_paired": 0.95, "prefill_fma_peak": 0.50}
 
 created_s = 0.0  # seconds spent writing random weights and exporting (one-time)
 
@@ -196,13 +198,27 @@ def measure(model, threads, prompt, decode, vocab, reps, context=0):
         ctx_ids = [1] + [2 + (i * 7919) % (vocab - 2) for i in range(context - 1)]
         flags = ["--ctx", str(context + decode + 8), "--load-state", str(state)]
         ours(model, threads, ctx_ids, 0, "--ctx", str(context + decode + 8), "--save-state", str(state))
-    best = 0
+    best, paired = 0, []
+    before = probe(threads)
     for _ in range(reps):
         _, gen, rate = ours(model, threads, [1], decode + 1, *flags)
-        best = max(best, rate * (gen - 1) / gen)  # gen sampled tokens in that time, gen - 1 forward passes
+        rate *= (gen - 1) / gen  # gen sampled tokens in that time, gen - 1 forward passes
+        after = probe(threads)
+        best = max(best, rate)
+        paired.append((rate, max(before, after)))
+        before = after
     if context:
         state.unlink()
-    return prefill, best
+    return prefill, best, paired
+
+
+def probe(threads):
+    """a short read-bandwidth reading (1 GiB, best of 3 passes, 0.2-2 s) taken beside each decode rep: this host's
+    bandwidth moves by 2x and more from one minute to the next, so a rep is judged against its own minutes.
+    (512 MiB read 150 GB/s now and then on the Zen 5 VM, 128 MiB up to 500: some cache; 1 GiB did not.)"""
+    out = subprocess.run([str(REPO / "bench" / "bandwidth"), str(threads), "--mb", "1024", "--reps", "3"],
+                         capture_output=True, text=True, check=True).stdout
+    return float(re.search(r"read_GB_s=([\d.]+)", out).group(1))
 
 
 def tool(name, threads):
@@ -299,9 +315,9 @@ def main():
                 model = models[dtype]
                 total, per_token, flops = model_costs(model, prompt, decode, context + 1)  # BOS or the context first
                 vocab = table(model)[0]["vocab"]
-                pre, dec = measure(model, threads, prompt, decode, vocab, reps, context)
+                pre, dec, paired = measure(model, threads, prompt, decode, vocab, reps, context)
                 bench_line(f"{name}-{size}{f'-ctx{context}' if context else ''}", dtype, threads, prompt, pre, dec, total)
-                rows.append(dict(size=size, name=name, dtype=dtype, prompt=prompt, prefill=pre, decode=dec,
+                rows.append(dict(size=size, name=name, dtype=dtype, prompt=prompt, prefill=pre, decode=dec, paired=paired,
                                  per_token=per_token, flops=flops, kernel=batch_kernel(model, dtype)))
         if l2c_dir and size in l2c_sizes and (sdir / "transformer").is_dir():
             c = llama2c.config_from_shapes(sdir / "transformer")
@@ -348,8 +364,12 @@ def main():
         roof = gbs * 1e9 / r["per_token"]
         gflops = r["prefill"] * r["flops"] / 1e9
         r["roof_frac"], r["peak_frac"] = r["decode"] / roof, gflops / peak
+        # each rep against the higher of the probes just before and just after it; the rep that came closest
+        rate, probe_gbs = max(r["paired"], key=lambda p: p[0] / p[1])
+        r["paired_frac"], r["paired_gbs"] = rate * r["per_token"] / (probe_gbs * 1e9), probe_gbs
         print(f"ROOFLINE model={r['name']}-{r['size']}{f'-ctx{context}' if context else ''} dtype={r['dtype']} decode_tok_s={r['decode']:.2f} "
               f"read_bytes_per_token={r['per_token']} roofline_tok_s={roof:.2f} decode_fraction={r['roof_frac']:.2f} "
+              f"paired_decode_fraction={r['paired_frac']:.2f} (rep {rate:.2f} tok/s, probes {probe_gbs:.1f} GB/s) "
               f"prefill_gflop_s={gflops:.1f} prefill_fraction_of_fma_peak={r['peak_frac']:.3f} prefill_kernel={r['kernel']}")
     for r in l2c_rows:
         roof = gbs * 1e9 / r["per_token"]
@@ -383,6 +403,12 @@ def main():
             summary("decode_roofline", worst["roof_frac"],
                     f"{size}, lowest: {worst['name']} {worst['dtype']}; highest {best['roof_frac']:.2f}: "
                     f"{best['name']} {best['dtype']}; bandwidth {gbs:.1f} GB/s")
+            worst = min(srows, key=lambda r: r["paired_frac"])
+            best = max(srows, key=lambda r: r["paired_frac"])
+            summary("decode_roofline_paired", worst["paired_frac"],
+                    f"{size}, each row's best rep against the bandwidth probed beside it; lowest: {worst['name']} "
+                    f"{worst['dtype']} ({worst['paired_gbs']:.1f} GB/s); highest {best['paired_frac']:.2f}: "
+                    f"{best['name']} {best['dtype']}")
         if size == "340M" and "fp32" in mine:
             r = mine["fp32"]
             summary("prefill_fma_peak", r["peak_frac"],
