@@ -12,7 +12,7 @@ MODEL ?= models/shakespeare_gdn.bin
 PROMPT ?= ROMEO:
 PYTHON ?= python3
 
-.PHONY: run build cuda test-neon test test-deps asan paper-shapes bench bench-cuda gemv-bench fuzz clean
+.PHONY: run build cuda test-neon test-blas test test-deps asan paper-shapes bench bench-cuda gemv-bench fuzz clean
 
 run: build
 	./run $(MODEL) -z tokenizer.bin -i "$(PROMPT)" -n 200 -t 0.8 -p 0.9
@@ -43,7 +43,8 @@ test-deps:
 
 # every test on the normal build (and on a CUDA build, which CI can compile but not run on
 # a GPU: tests/test_cuda.py), then the C-facing tests again under ASan + UBSan, then the fla
-# fixtures through an aarch64 (NEON) build under qemu where the cross tools are installed
+# fixtures through an aarch64 (NEON) build under qemu where the cross tools are installed,
+# and through the OpenBLAS build where OpenBLAS is installed
 test: test-deps build
 	$(MAKE) cuda CUDA_BIN=run_cuda_build
 	$(MAKE) gemv-bench
@@ -51,6 +52,8 @@ test: test-deps build
 	$(MAKE) asan
 	@if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then $(MAKE) test-neon; \
 	else echo "test-neon skipped (no aarch64 cross compiler / qemu: apt-get install gcc-aarch64-linux-gnu qemu-user)"; fi
+	@if echo 'int main(void) { return 0; }' | $(CC) -x c - -lopenblas -o /dev/null 2>/dev/null; then $(MAKE) test-blas; \
+	else echo "test-blas skipped (no OpenBLAS: apt-get install libopenblas-dev)"; fi
 
 asan: run_asan
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 HLA_RUN=$(CURDIR)/run_asan \
@@ -82,6 +85,11 @@ test-neon: test-deps
 	printf '#!/bin/sh\nexec qemu-aarch64 $(CURDIR)/run_arm64 "$$@"\n' > run_arm64.sh && chmod +x run_arm64.sh
 	HLA_RUN=$(CURDIR)/run_arm64.sh $(PYTHON) -m pytest -q tests/test_fla_fixtures.py tests/test_dtypes.py
 
+# the OpenBLAS build (make BLAS=1: prompt batches through sgemm) against the fla fixtures
+test-blas: test-deps
+	$(CC) $(CFLAGS) -DUSE_OPENBLAS -I/usr/include/x86_64-linux-gnu -o run_blas run.c $(LDLIBS) -lopenblas
+	HLA_RUN=$(CURDIR)/run_blas $(PYTHON) -m pytest -q tests/test_fla_fixtures.py tests/test_dtypes.py
+
 # on the GPU machine, after `make cuda`: decode and prompt speed at the paper's shapes
 bench-cuda: test-deps
 	$(PYTHON) bench/bench_cuda.py
@@ -97,4 +105,4 @@ fuzz:
 	tests/fuzz/run_fuzz.sh $(FUZZ_SECONDS)
 
 clean:
-	rm -f run run_asan run_cuda_build run_arm64 run_arm64.sh bench/bandwidth bench/fma bench/cuda/gemv_bench
+	rm -f run run_asan run_blas run_cuda_build run_arm64 run_arm64.sh bench/bandwidth bench/fma bench/cuda/gemv_bench
