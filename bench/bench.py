@@ -261,6 +261,8 @@ def main():
             create_only = True
         elif a == "--reps":
             reps = int(args.pop(0))
+            if reps < 1:
+                raise SystemExit("error: --reps must be at least 1")
         elif a == "--dtypes":
             dtypes = args.pop(0).split(",")
         elif a == "--llama2c":
