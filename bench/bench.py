@@ -408,7 +408,7 @@ def main():
             worst = min(srows, key=lambda r: r["paired_frac"])
             best = max(srows, key=lambda r: r["paired_frac"])
             summary("decode_roofline_paired", worst["paired_frac"],
-                    f"{size}, each row's best rep against the bandwidth probed beside it; lowest: {worst['name']} "
+                    f"{size}, each row's closest rep against the bandwidth probed beside it; lowest: {worst['name']} "
                     f"{worst['dtype']} ({worst['paired_gbs']:.1f} GB/s); highest {best['paired_frac']:.2f}: "
                     f"{best['name']} {best['dtype']}")
         if size == "340M" and "fp32" in mine:
