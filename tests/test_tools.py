@@ -122,7 +122,9 @@ def test_sampling_is_reproducible_with_a_seed_and_options_change_it(exported):
 def test_survives_a_closed_pipe(exported):
     import subprocess
     from conftest import RUN
-    p = subprocess.run(f"'{RUN}' '{exported('transformer')}' --tokens 1,2 -n 100000 --ids --quiet | head -c 10",
+    # --ctx 40000: the ids of a full context (~200 KB) overflow the pipe's buffer, so ./run is still
+    # writing when head has gone (with the model's own 256 positions it could finish first: a race)
+    p = subprocess.run(f"'{RUN}' '{exported('transformer')}' --tokens 1,2 -n 100000 --ctx 40000 --ids --quiet | head -c 10",
                        shell=True, capture_output=True, timeout=60)
     assert p.returncode == 0 and len(p.stdout) == 10 and p.stderr == b""
 
