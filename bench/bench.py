@@ -13,9 +13,10 @@ into the page cache, the thread pool), then ./run measures, from its stats line:
 Prints, per run:
   BENCH model=<name>-<size> dtype=<t> threads=<n> prompt_tokens=<p> prefill_tok_s=<x> decode_tok_s=<y> weight_bytes=<b>
 then the machine's read bandwidth (bench/bandwidth, measured before and after, the best
-used) and fp32 FMA peak (bench/fma), the fraction of each roofline reached (decode also
-paired: each decode rep between two short bandwidth probes, judged against the higher of
-them, the row's closest rep reported as paired_decode_fraction):
+used) and fp32 FMA peak (bench/fma), the fraction of each roofline reached (also paired: each
+prefill rep between two short FMA probes and each decode rep between two short bandwidth
+probes, judged against the higher probe beside it, the row's closest rep reported as
+paired_prefill_fraction and paired_decode_fraction):
   decode: tokens/s x bytes one token moves (the weights but the embedding table, of which one
           row; the recurrent state read and written; the KV cache up to the step's position,
           the mean over the decoded tokens) / bandwidth;
@@ -63,7 +64,8 @@ DTYPES = ["fp32", "bf16", "q8"]
 # size: (shapes directory, prompt tokens for prefill, decode tokens)
 SIZES = {"340M": ("tests/paper_shapes", 512, 32), "1.3B": ("tests/paper_shapes_1.3B", 128, 16)}
 TARGETS = {"q8_vs_llama2c_fp32": 3.5, "bf16_vs_llama2c_fp32": 1.9, "fp32_vs_llama2c_fp32": 1.0,
-           "decode_roofline": 0.95, "decode_roofline_paired": 0.95, "prefill_fma_peak": 0.50}
+           "decode_roofline": 0.95, "decode_roofline_paired": 0.95, "prefill_fma_peak": 0.50,
+           "prefill_fma_peak_paired": 0.50}
 
 created_s = 0.0  # seconds spent writing random weights and exporting (one-time)
 
@@ -191,7 +193,14 @@ def ours(model, threads, tokens, steps, *flags):
 def measure(model, threads, prompt, decode, vocab, reps, context=0):
     ours(model, threads, [1, 2, 3, 4], 2)  # warm-up: page cache, thread pool
     ids = [1] + [2 + (i * 7919) % (vocab - 2) for i in range(prompt - 1)]
-    prefill = max(ours(model, threads, ids, 1)[0] for _ in range(reps))
+    prefill, prefill_paired = 0, []
+    before = probe("fma", threads)
+    for _ in range(reps):  # each rep between two short FMA probes, as the decode reps below between bandwidth probes
+        rate = ours(model, threads, ids, 1)[0]
+        after = probe("fma", threads)
+        prefill = max(prefill, rate)
+        prefill_paired.append((rate, max(before, after)))
+        before = after
     flags = []
     if context:  # decode after a context: its state (KV cache and all) saved once, loaded by every rep
         state = WORK / "context.state"
@@ -199,26 +208,28 @@ def measure(model, threads, prompt, decode, vocab, reps, context=0):
         flags = ["--ctx", str(context + decode + 8), "--load-state", str(state)]
         ours(model, threads, ctx_ids, 0, "--ctx", str(context + decode + 8), "--save-state", str(state))
     best, paired = 0, []
-    before = probe(threads)
+    before = probe("bandwidth", threads)
     for _ in range(reps):
         _, gen, rate = ours(model, threads, [1], decode + 1, *flags)
         rate *= (gen - 1) / gen  # gen sampled tokens in that time, gen - 1 forward passes
-        after = probe(threads)
+        after = probe("bandwidth", threads)
         best = max(best, rate)
         paired.append((rate, max(before, after)))
         before = after
     if context:
         state.unlink()
-    return prefill, best, paired
+    return prefill, prefill_paired, best, paired
 
 
-def probe(threads):
-    """a short read-bandwidth reading (1 GiB, best of 3 passes, 0.2-2 s) taken beside each decode rep: this host's
-    bandwidth moves by 2x and more from one minute to the next, so a rep is judged against its own minutes.
-    (512 MiB read 150 GB/s now and then on the Zen 5 VM, 128 MiB up to 500: some cache; 1 GiB did not.)"""
-    out = subprocess.run([str(REPO / "bench" / "bandwidth"), str(threads), "--mb", "1024", "--reps", "3"],
-                         capture_output=True, text=True, check=True).stdout
-    return float(re.search(r"read_GB_s=([\d.]+)", out).group(1))
+def probe(name, threads):
+    """a short reading of a ceiling taken beside each rep: read bandwidth in GB/s (1 GiB, best of 3 passes, 0.2-2 s)
+    or the FMA peak in GFLOP/s (3 passes of 50 ms, ~0.4 s). This host's bandwidth moves by 2x and more from one minute to the
+    next, its FMA peak by ~20%, so a rep is judged against its own minutes. (A 512 MiB buffer read 150 GB/s now and
+    then on the Zen 5 VM, 128 MiB up to 500: some cache; 1 GiB did not.)"""
+    args = ["--mb", "1024", "--reps", "3"] if name == "bandwidth" else ["--ms", "50", "--reps", "3"]
+    out = subprocess.run([str(REPO / "bench" / name), str(threads), *args], capture_output=True, text=True,
+                         check=True).stdout
+    return float(re.search(r"read_GB_s=([\d.]+)" if name == "bandwidth" else r"fma_gflops=([\d.]+)", out).group(1))
 
 
 def tool(name, threads):
@@ -317,9 +328,9 @@ def main():
                 model = models[dtype]
                 total, per_token, flops = model_costs(model, prompt, decode, context + 1)  # BOS or the context first
                 vocab = table(model)[0]["vocab"]
-                pre, dec, paired = measure(model, threads, prompt, decode, vocab, reps, context)
+                pre, pre_paired, dec, paired = measure(model, threads, prompt, decode, vocab, reps, context)
                 bench_line(f"{name}-{size}{f'-ctx{context}' if context else ''}", dtype, threads, prompt, pre, dec, total)
-                rows.append(dict(size=size, name=name, dtype=dtype, prompt=prompt, prefill=pre, decode=dec, paired=paired,
+                rows.append(dict(size=size, name=name, dtype=dtype, prompt=prompt, prefill=pre, pre_paired=pre_paired, decode=dec, paired=paired,
                                  per_token=per_token, flops=flops, kernel=batch_kernel(model, dtype)))
         if l2c_dir and size in l2c_sizes and (sdir / "transformer").is_dir():
             c = llama2c.config_from_shapes(sdir / "transformer")
@@ -369,10 +380,14 @@ def main():
         # each rep against the higher of the probes just before and just after it; the rep that came closest
         rate, probe_gbs = max(r["paired"], key=lambda p: p[0] / p[1])
         r["paired_frac"], r["paired_gbs"] = rate * r["per_token"] / (probe_gbs * 1e9), probe_gbs
+        pre_rate, probe_gflops = max(r["pre_paired"], key=lambda p: p[0] / p[1])
+        r["pre_paired_frac"], r["pre_paired_gflops"] = pre_rate * r["flops"] / 1e9 / probe_gflops, probe_gflops
         print(f"ROOFLINE model={r['name']}-{r['size']}{f'-ctx{context}' if context else ''} dtype={r['dtype']} decode_tok_s={r['decode']:.2f} "
               f"read_bytes_per_token={r['per_token']} roofline_tok_s={roof:.2f} decode_fraction={r['roof_frac']:.2f} "
               f"paired_decode_fraction={r['paired_frac']:.2f} (rep {rate:.2f} tok/s, probes {probe_gbs:.1f} GB/s) "
-              f"prefill_gflop_s={gflops:.1f} prefill_fraction_of_fma_peak={r['peak_frac']:.3f} prefill_kernel={r['kernel']}")
+              f"prefill_gflop_s={gflops:.1f} prefill_fraction_of_fma_peak={r['peak_frac']:.3f} "
+              f"paired_prefill_fraction={r['pre_paired_frac']:.3f} (rep {pre_rate:.1f} tok/s, probes {probe_gflops:.0f} GFLOP/s) "
+              f"prefill_kernel={r['kernel']}")
     for r in l2c_rows:
         roof = gbs * 1e9 / r["per_token"]
         print(f"ROOFLINE model=llama2c-{r['prog']}-{r['size']} dtype={r['dtype']} decode_tok_s={r['decode']:.2f} "
@@ -417,6 +432,9 @@ def main():
                     f"340M Transformer fp32, {r['prompt']}-token prompt: {r['prefill']:.1f} tok/s x "
                     f"{r['flops'] / 1e9:.3f} GFLOP/token = {r['prefill'] * r['flops'] / 1e9:.1f} GFLOP/s of "
                     f"{peak:.1f} peak")
+            summary("prefill_fma_peak_paired", r["pre_paired_frac"],
+                    f"340M Transformer fp32, the closest of its {len(r['pre_paired'])} prompt reps against the FMA peak "
+                    f"probed beside it ({r['pre_paired_gflops']:.0f} GFLOP/s)")
     total = time.time() - t_start
     print(f"BENCH_TIME total_s={total:.0f} model_creation_s={created_s:.0f} measuring_s={total - created_s:.0f}")
 
