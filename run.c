@@ -606,6 +606,9 @@ static uint16_t f32_to_bf16(float f) {
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
 }
+// two 16-bit values in one 32-bit lane, the first in the low half (as a pair lies in memory):
+// how the bf16 and int16 pair-product tiles (VDPBF16PS, VPDPWSSD, AMX) take their operands
+static uint32_t pair16(uint16_t lo, uint16_t hi) { return lo | (uint32_t)hi << 16; }
 static float f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 31, man = h & 1023, u;
     if (exp == 0) {
@@ -1323,7 +1326,7 @@ static uint32_t *pair_tokens(const float *x, int T, int cols) {
     for (int t = 0; t < T; t++) {
         const float *xt = x + (size_t)t * cols;
         uint32_t *group = pairs + (size_t)(t / TILE_TOKENS) * TILE_TOKENS * cols / 2 + t % TILE_TOKENS;
-        for (int p = 0; p < cols / 2; p++) group[(size_t)p * TILE_TOKENS] = f32_to_bf16(xt[2 * p]) | (uint32_t)f32_to_bf16(xt[2 * p + 1]) << 16;
+        for (int p = 0; p < cols / 2; p++) group[(size_t)p * TILE_TOKENS] = pair16(f32_to_bf16(xt[2 * p]), f32_to_bf16(xt[2 * p + 1]));
     }
     return pairs;
 }
@@ -1382,7 +1385,7 @@ static Q8Tokens q8_pair_tokens(QuantizedX *xq, const float *x, int T, int cols) 
         quantize_token(xq, x + (size_t)t * cols, cols);
         int32_t *pairs = q.pairs + (size_t)(t / TILE_TOKENS) * TILE_TOKENS * cols / 2 + t % TILE_TOKENS;
         float *scale = q.scale + (size_t)(t / TILE_TOKENS) * TILE_TOKENS * G + t % TILE_TOKENS;
-        for (int p = 0; p < cols / 2; p++) pairs[(size_t)p * TILE_TOKENS] = (int32_t)((uint16_t)xq->q[2 * p] | (uint32_t)(uint16_t)xq->q[2 * p + 1] << 16);
+        for (int p = 0; p < cols / 2; p++) pairs[(size_t)p * TILE_TOKENS] = (int32_t)pair16((uint16_t)xq->q[2 * p], (uint16_t)xq->q[2 * p + 1]);
         for (size_t g = 0; g < G; g++) scale[g * TILE_TOKENS] = xq->scale[g];
     }
     return q;
@@ -1429,7 +1432,7 @@ static void amx_configure(void) { _tile_loadconfig(amx_tile_config); }
 static void amx_pack_token_bf16(uint32_t *xv, const float *x, int t, int cols) {
     int ks_n = cols / 32;
     for (int p = 0; p < cols / 2; p++) {
-        uint32_t pair = f32_to_bf16(x[(size_t)t * cols + 2 * p]) | (uint32_t)f32_to_bf16(x[(size_t)t * cols + 2 * p + 1]) << 16;
+        uint32_t pair = pair16(f32_to_bf16(x[(size_t)t * cols + 2 * p]), f32_to_bf16(x[(size_t)t * cols + 2 * p + 1]));
         xv[(((size_t)(t / 16) * ks_n + p / 16) * 16 + p % 16) * 16 + t % 16] = pair;
     }
 }
@@ -1653,7 +1656,7 @@ static void matmul_rows(void *arg, int thread, int nt) {
             for (int r = r0; r < r1; r++) {
                 const int8_t *wq = (const int8_t *)w->data + (size_t)r * cols;
                 int32_t *row = (int32_t *)(rows + (size_t)(r - r0) * stride);
-                for (int p = 0; p < cols / 2; p++) row[p] = (int32_t)((uint16_t)wq[2 * p] | (uint32_t)(uint16_t)wq[2 * p + 1] << 16);
+                for (int p = 0; p < cols / 2; p++) row[p] = (int32_t)pair16((uint16_t)wq[2 * p], (uint16_t)wq[2 * p + 1]);
             }
         else if (w->dtype != DTYPE_F32 && !pairs)
             for (int r = r0; r < r1; r++) matrix_row(w, r, rows + (size_t)(r - r0) * stride);

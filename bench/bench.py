@@ -193,32 +193,36 @@ def ours(model, threads, tokens, steps, *flags):
 def measure(model, threads, prompt, decode, vocab, reps, context=0):
     ours(model, threads, [1, 2, 3, 4], 2)  # warm-up: page cache, thread pool
     ids = [1] + [2 + (i * 7919) % (vocab - 2) for i in range(prompt - 1)]
-    prefill, prefill_paired = 0, []
-    before = probe("fma", threads)
-    for _ in range(reps):  # each rep between two short FMA probes, as the decode reps below between bandwidth probes
-        rate = ours(model, threads, ids, 1)[0]
-        after = probe("fma", threads)
-        prefill = max(prefill, rate)
-        prefill_paired.append((rate, max(before, after)))
-        before = after
+    prefill_paired = paired_reps(lambda: ours(model, threads, ids, 1)[0], "fma", threads, reps)
     flags = []
     if context:  # decode after a context: its state (KV cache and all) saved once, loaded by every rep
         state = WORK / "context.state"
         ctx_ids = [1] + [2 + (i * 7919) % (vocab - 2) for i in range(context - 1)]
         flags = ["--ctx", str(context + decode + 8), "--load-state", str(state)]
         ours(model, threads, ctx_ids, 0, "--ctx", str(context + decode + 8), "--save-state", str(state))
-    best, paired = 0, []
-    before = probe("bandwidth", threads)
-    for _ in range(reps):
+    def decode_rate():
         _, gen, rate = ours(model, threads, [1], decode + 1, *flags)
-        rate *= (gen - 1) / gen  # gen sampled tokens in that time, gen - 1 forward passes
-        after = probe("bandwidth", threads)
-        best = max(best, rate)
-        paired.append((rate, max(before, after)))
-        before = after
+        return rate * (gen - 1) / gen  # gen sampled tokens in that time, gen - 1 forward passes
+    paired = paired_reps(decode_rate, "bandwidth", threads, reps)
     if context:
         state.unlink()
-    return prefill, prefill_paired, best, paired
+    return prefill_paired, paired
+
+
+def paired_reps(rep, ceiling, threads, reps):
+    """reps runs of rep() (a rate), each between two short probes of the ceiling: [(rate, higher probe beside it)]"""
+    paired, before = [], probe(ceiling, threads)
+    for _ in range(reps):
+        rate = rep()
+        after = probe(ceiling, threads)
+        paired.append((rate, max(before, after)))
+        before = after
+    return paired
+
+
+def closest(paired):
+    """the (rate, probe) rep that came nearest its probe"""
+    return max(paired, key=lambda p: p[0] / p[1])
 
 
 def probe(name, threads):
@@ -328,7 +332,8 @@ def main():
                 model = models[dtype]
                 total, per_token, flops = model_costs(model, prompt, decode, context + 1)  # BOS or the context first
                 vocab = table(model)[0]["vocab"]
-                pre, pre_paired, dec, paired = measure(model, threads, prompt, decode, vocab, reps, context)
+                pre_paired, paired = measure(model, threads, prompt, decode, vocab, reps, context)
+                pre, dec = max(r for r, _ in pre_paired), max(r for r, _ in paired)  # the best reps
                 bench_line(f"{name}-{size}{f'-ctx{context}' if context else ''}", dtype, threads, prompt, pre, dec, total)
                 rows.append(dict(size=size, name=name, dtype=dtype, prompt=prompt, prefill=pre, pre_paired=pre_paired, decode=dec, paired=paired,
                                  per_token=per_token, flops=flops, kernel=batch_kernel(model, dtype)))
@@ -378,9 +383,9 @@ def main():
         gflops = r["prefill"] * r["flops"] / 1e9
         r["roof_frac"], r["peak_frac"] = r["decode"] / roof, gflops / peak
         # each rep against the higher of the probes just before and just after it; the rep that came closest
-        rate, probe_gbs = max(r["paired"], key=lambda p: p[0] / p[1])
+        rate, probe_gbs = closest(r["paired"])
         r["paired_frac"], r["paired_gbs"] = rate * r["per_token"] / (probe_gbs * 1e9), probe_gbs
-        pre_rate, probe_gflops = max(r["pre_paired"], key=lambda p: p[0] / p[1])
+        pre_rate, probe_gflops = closest(r["pre_paired"])
         r["pre_paired_frac"], r["pre_paired_gflops"] = pre_rate * r["flops"] / 1e9 / probe_gflops, probe_gflops
         print(f"ROOFLINE model={r['name']}-{r['size']}{f'-ctx{context}' if context else ''} dtype={r['dtype']} decode_tok_s={r['decode']:.2f} "
               f"read_bytes_per_token={r['per_token']} roofline_tok_s={roof:.2f} decode_fraction={r['roof_frac']:.2f} "
