@@ -476,7 +476,7 @@ static void load_model(Model *m, const char *path) {
 typedef struct {
     float *state;          // HGRN: [I]; matrix kinds: [heads][dv][dk] (row = value channel)
     float *conv_cache[3];  // [channels][K-1], oldest first
-    float *key_cache, *value_cache; // attention: [capacity][kv_dim], post-RoPE keys
+    void *key_cache, *value_cache;  // attention: [capacity][kv_dim], post-RoPE keys; fp32 or bf16 (RunState.kv_dtype)
 } LayerState;
 
 typedef struct Gpu Gpu;     // run_cuda.cu's state of the same sequence (--device cuda)
@@ -491,6 +491,7 @@ typedef struct {
     int kv_capacity;        // rows of each attention layer's cache: the context, or window + MAX_BATCH
                             // (a batch writes its keys before its queries read the window)
     int ctx;                // the longest sequence a full-attention model may reach
+    int kv_dtype;           // the attention caches' values: DTYPE_F32, or DTYPE_BF16 (--kv-dtype bf16)
     // activations for up to MAX_BATCH tokens
     float *x, *xb, *xb2;    // residual stream and normed input, [B][dim]
     float *q, *k, *v, *g, *f, *a, *b, *o, *low_rank; // projections, [B][proj]
@@ -505,10 +506,11 @@ typedef struct {
 static size_t max3(size_t a, size_t b, size_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
 
-static void alloc_run_state(RunState *s, const Model *m, int ctx) {
+static void alloc_run_state(RunState *s, const Model *m, int ctx, int kv_dtype) {
     const Config *c = &m->c;
     memset(s, 0, sizeof *s);
     s->ctx = ctx;
+    s->kv_dtype = kv_dtype;
     s->max_batch = MAX_BATCH;
     s->last_token = -1;
     s->kv_capacity = c->attn_window > 0 && c->attn_window + MAX_BATCH < ctx ? c->attn_window + MAX_BATCH : ctx;
@@ -531,8 +533,8 @@ static void alloc_run_state(RunState *s, const Model *m, int ctx) {
         LayerState *ls = &s->layers[l];
         if (w->kind == KIND_ATTENTION) {
             size_t kv_dim = (size_t)c->attn_kv_heads * c->attn_head_dim;
-            ls->key_cache = xcalloc((size_t)s->kv_capacity * kv_dim, sizeof(float));
-            ls->value_cache = xcalloc((size_t)s->kv_capacity * kv_dim, sizeof(float));
+            ls->key_cache = xcalloc((size_t)s->kv_capacity * kv_dim, dtype_bytes(kv_dtype, 1, 1));
+            ls->value_cache = xcalloc((size_t)s->kv_capacity * kv_dim, dtype_bytes(kv_dtype, 1, 1));
             size_t ranges = (size_t)c->attn_heads * (KEY_BLOCK + 2 + c->attn_head_dim); // attention_keys' use
             s->att_floats = (size_t)s->kv_capacity > ranges ? (size_t)s->kv_capacity : ranges;
             s->att = s->att ? s->att : xcalloc((size_t)n_threads * s->att_floats, sizeof(float)); // per thread
@@ -547,7 +549,7 @@ static void alloc_run_state(RunState *s, const Model *m, int ctx) {
 #ifdef USE_CUDA
 /* run_cuda.cu (make cuda): the same forward pass on an NVIDIA GPU, chosen with --device cuda.
    The GPU keeps its own copy of the weights, states and caches; forward() hands it the step. */
-Gpu *cuda_init(const Model *m, int ctx, int quiet);
+Gpu *cuda_init(const Model *m, int ctx, int kv_dtype, int quiet);
 void cuda_forward(Gpu *g, const int *tokens, int T, int pos, int all_logits, float *logits);
 void cuda_reset(Gpu *g);
 int cuda_max_batch(void);
@@ -1016,36 +1018,40 @@ static float dot_q8_x16_neon(const int8_t *w, const float *w_scale, const Quanti
 }
 #endif
 
-// one weight row times one token, without converting the row first (q8 rows: dot_row_q8)
-static float dot_row(const Matrix *w, int r, const float *x) {
-    size_t base = (size_t)r * w->cols;
-    switch (w->dtype) {
+// n values of a row in their dtype (fp32, fp16, bf16) times x, without converting the row first
+static float dot_typed(const void *row, int dtype, const float *x, int n) {
+    switch (dtype) {
 #ifdef SIMD_AVX512
-    case DTYPE_F32: return dot_simd512((const float *)w->data + base, x, w->cols);
-    case DTYPE_BF16: return dot_bf16_512((const uint16_t *)w->data + base, x, w->cols);
-    case DTYPE_F16: return dot_f16_512((const uint16_t *)w->data + base, x, w->cols);
+    case DTYPE_F32: return dot_simd512(row, x, n);
+    case DTYPE_BF16: return dot_bf16_512(row, x, n);
+    case DTYPE_F16: return dot_f16_512(row, x, n);
 #elif defined(SIMD_NEON)
-    case DTYPE_F32: return dot_neon((const float *)w->data + base, x, w->cols);
-    case DTYPE_BF16: return dot_16bit_neon((const uint16_t *)w->data + base, x, w->cols, 1);
-    case DTYPE_F16: return dot_16bit_neon((const uint16_t *)w->data + base, x, w->cols, 0);
+    case DTYPE_F32: return dot_neon(row, x, n);
+    case DTYPE_BF16: return dot_16bit_neon(row, x, n, 1);
+    case DTYPE_F16: return dot_16bit_neon(row, x, n, 0);
 #elif defined(SIMD_DOT)
-    case DTYPE_F32: return dot_simd((const float *)w->data + base, x, w->cols);
-    case DTYPE_BF16: return dot_bf16((const uint16_t *)w->data + base, x, w->cols);
+    case DTYPE_F32: return dot_simd(row, x, n);
+    case DTYPE_BF16: return dot_bf16(row, x, n);
 #ifdef SIMD_F16
-    case DTYPE_F16: return dot_f16((const uint16_t *)w->data + base, x, w->cols);
+    case DTYPE_F16: return dot_f16(row, x, n);
 #endif
 #else
-    case DTYPE_F32: return dot((const float *)w->data + base, x, w->cols);
+    case DTYPE_F32: return dot(row, x, n);
 #endif
     default: {
         float s = 0.0f;
-        for (int j = 0; j < w->cols; j++) {
-            uint16_t h = ((const uint16_t *)w->data)[base + j];
-            s += (w->dtype == DTYPE_F16 ? f16_to_f32(h) : bf16_to_f32(h)) * x[j];
+        for (int j = 0; j < n; j++) {
+            uint16_t h = ((const uint16_t *)row)[j];
+            s += (dtype == DTYPE_F16 ? f16_to_f32(h) : bf16_to_f32(h)) * x[j];
         }
         return s;
     }
     }
+}
+
+// one weight row times one token (q8 rows: dot_row_q8)
+static float dot_row(const Matrix *w, int r, const float *x) {
+    return dot_typed((const char *)w->data + dtype_bytes(w->dtype, (uint64_t)r, (uint64_t)w->cols), w->dtype, x, w->cols);
 }
 
 // one q8 weight row times a token in int16 (quantize_x)
@@ -2002,10 +2008,33 @@ typedef struct { const Model *m; LayerState *ls; RunState *s; int T, pos; } Atte
 // the first key a query at position p sees (its window: p - W + 1 .. p)
 static int first_key(const Config *c, int p) { return c->attn_window > 0 && p - c->attn_window + 1 > 0 ? p - c->attn_window + 1 : 0; }
 
+/* The cache holds fp32 keys and values, or with --kv-dtype bf16 half the bytes: each rounded to
+   bf16 (to nearest even) as it is appended, widened back to fp32 as attention reads it. A decoded
+   token's attention reads the whole cache, so at long contexts it is memory-bound and bf16 nearly
+   halves it (and the cache's memory). fla's bf16 models keep bf16 caches too. */
+static char *kv_at(const RunState *s, void *cache, int p, size_t kvd, size_t offset) { // cache row p (a ring), from offset
+    return (char *)cache + ((size_t)(p % s->kv_capacity) * kvd + offset) * dtype_bytes(s->kv_dtype, 1, 1);
+}
+static void kv_store(const RunState *s, void *cache, int p, size_t kvd, const float *x) {
+    char *row = kv_at(s, cache, p, kvd, 0);
+    if (s->kv_dtype == DTYPE_BF16) for (size_t i = 0; i < kvd; i++) ((uint16_t *)row)[i] = f32_to_bf16(x[i]);
+    else memcpy(row, x, kvd * sizeof(float));
+}
+static void kv_load(const RunState *s, float *out, void *cache, int p, size_t kvd, size_t offset, size_t n) {
+    const char *row = kv_at(s, cache, p, kvd, offset);
+    if (s->kv_dtype == DTYPE_BF16) for (size_t i = 0; i < n; i++) out[i] = bf16_to_f32(((const uint16_t *)row)[i]);
+    else memcpy(out, row, n * sizeof(float));
+}
+// acc += w * v, v n values of a cache row (the compiler vectorizes both loops)
+static void kv_axpy(float *acc, float w, const char *v, int kv_dtype, int n) {
+    if (kv_dtype == DTYPE_BF16) for (int e = 0; e < n; e++) acc[e] += w * bf16_to_f32(((const uint16_t *)v)[e]);
+    else for (int e = 0; e < n; e++) acc[e] += w * ((const float *)v)[e];
+}
+
 static void attention_heads(void *arg, int thread, int nt) {
     AttentionJob *j = arg;
     const Config *c = &j->m->c;
-    int hd = c->attn_head_dim, nq = c->attn_heads, group = nq / c->attn_kv_heads, cap = j->s->kv_capacity;
+    int hd = c->attn_head_dim, nq = c->attn_heads, group = nq / c->attn_kv_heads;
     size_t qd = (size_t)nq * hd, kvd = (size_t)c->attn_kv_heads * hd;
     float scale = 1.0f / sqrtf((float)hd), *att = j->s->att + (size_t)thread * j->s->att_floats;
     for (int task = thread; task < j->T * nq; task += nt) {
@@ -2014,14 +2043,11 @@ static void attention_heads(void *arg, int thread, int nt) {
         int n = p - first + 1;
         const float *qh = j->s->q + (size_t)t * qd + (size_t)h * hd;
         for (int i = 0; i < n; i++)
-            att[i] = dot_f32(qh, j->ls->key_cache + (size_t)((first + i) % cap) * kvd + (size_t)kvh * hd, hd) * scale;
+            att[i] = dot_typed(kv_at(j->s, j->ls->key_cache, first + i, kvd, (size_t)kvh * hd), j->s->kv_dtype, qh, hd) * scale;
         softmax_simd(att, n);
         float *oh = j->s->o + (size_t)t * qd + (size_t)h * hd;
         memset(oh, 0, hd * sizeof(float));
-        for (int i = 0; i < n; i++) {
-            const float *vi = j->ls->value_cache + (size_t)((first + i) % cap) * kvd + (size_t)kvh * hd;
-            for (int e = 0; e < hd; e++) oh[e] += att[i] * vi[e];
-        }
+        for (int i = 0; i < n; i++) kv_axpy(oh, att[i], kv_at(j->s, j->ls->value_cache, first + i, kvd, (size_t)kvh * hd), j->s->kv_dtype, hd);
     }
 }
 
@@ -2041,14 +2067,15 @@ static void attention_heads(void *arg, int thread, int nt) {
    23.4, 23.2 tokens/s, only a row's first 8 lines 20.0, into L1 20.9 (none: 20.8, another set). */
 _Static_assert(KEY_BLOCK % VEC_FLOATS == 0, "attention_keys: whole vectors of scores");
 #define ATT_PREFETCH_ROWS 4
-static void prefetch_floats(const float *p, size_t n) { // a prefetch never faults
-    for (size_t i = 0; i < n; i += 64 / sizeof(float)) __builtin_prefetch(p + i, 0, 2);
+static void prefetch_bytes(const char *p, size_t n) { // a prefetch never faults
+    for (size_t i = 0; i < n; i += 64) __builtin_prefetch(p + i, 0, 2);
 }
 static void attention_keys(void *arg, int thread, int nt) {
     AttentionJob *j = arg;
     const Config *c = &j->m->c;
-    int hd = c->attn_head_dim, nq = c->attn_heads, group = nq / c->attn_kv_heads, cap = j->s->kv_capacity;
-    size_t kvd = (size_t)c->attn_kv_heads * hd;
+    int hd = c->attn_head_dim, nq = c->attn_heads, group = nq / c->attn_kv_heads, kv_dtype = j->s->kv_dtype;
+    size_t kvd = (size_t)c->attn_kv_heads * hd, row_bytes = dtype_bytes(kv_dtype, kvd, 1), head_bytes = dtype_bytes(kv_dtype, (uint64_t)hd, 1);
+    void *keys = j->ls->key_cache, *values = j->ls->value_cache;
     int p = j->pos, first = first_key(c, p), per = (p - first + 1 + nt - 1) / nt;
     int lo = first + thread * per, hi = lo + per < p + 1 ? lo + per : p + 1;
     float *scores = j->s->att + (size_t)thread * j->s->att_floats, *m = scores + (size_t)nq * KEY_BLOCK, *l = m + nq, *acc = l + nq;
@@ -2058,11 +2085,11 @@ static void attention_keys(void *arg, int thread, int nt) {
     for (int i0 = lo; i0 < hi; i0 += KEY_BLOCK) {
         int nb = hi - i0 < KEY_BLOCK ? hi - i0 : KEY_BLOCK;
         for (int i = 0; i < nb; i++) { // scores[a][i] = q_a . k_(i0 + i) / sqrt(d)
-            const float *key_row = j->ls->key_cache + (size_t)((i0 + i) % cap) * kvd;
+            const char *key_row = kv_at(j->s, keys, i0 + i, kvd, 0);
             int ahead = i + ATT_PREFETCH_ROWS; // the stream: a block's key rows, its value rows, the next block's key rows
-            prefetch_floats(ahead < nb ? j->ls->key_cache + (size_t)((i0 + ahead) % cap) * kvd
-                                       : j->ls->value_cache + (size_t)((i0 + ahead - nb) % cap) * kvd, kvd);
-            for (int a = 0; a < nq; a++) scores[a * KEY_BLOCK + i] = dot_f32(j->s->q + (size_t)a * hd, key_row + (size_t)(a / group) * hd, hd) * scale;
+            prefetch_bytes(ahead < nb ? kv_at(j->s, keys, i0 + ahead, kvd, 0) : kv_at(j->s, values, i0 + ahead - nb, kvd, 0), row_bytes);
+            for (int a = 0; a < nq; a++)
+                scores[a * KEY_BLOCK + i] = dot_typed(key_row + (a / group) * head_bytes, kv_dtype, j->s->q + (size_t)a * hd, hd) * scale;
         }
         for (int a = 0; a < nq; a++) { // the online softmax: rescale what came before to the new max
             float *sa = scores + a * KEY_BLOCK, mx = m[a];
@@ -2075,15 +2102,12 @@ static void attention_keys(void *arg, int thread, int nt) {
             m[a] = mx;
         }
         for (int i = 0; i < nb; i++) { // acc_a += e^(s - m) v_(i0 + i)
-            const float *value_row = j->ls->value_cache + (size_t)((i0 + i) % cap) * kvd;
+            const char *value_row = kv_at(j->s, values, i0 + i, kvd, 0);
             int ahead = i + ATT_PREFETCH_ROWS;
-            if (ahead < nb) prefetch_floats(j->ls->value_cache + (size_t)((i0 + ahead) % cap) * kvd, kvd);
-            else if (i0 + ahead < hi) prefetch_floats(j->ls->key_cache + (size_t)((i0 + ahead) % cap) * kvd, kvd);
-            for (int a = 0; a < nq; a++) {
-                float w = scores[a * KEY_BLOCK + i], *acc_a = acc + (size_t)a * hd;
-                const float *v = value_row + (size_t)(a / group) * hd;
-                for (int e = 0; e < hd; e++) acc_a[e] += w * v[e];
-            }
+            if (ahead < nb) prefetch_bytes(kv_at(j->s, values, i0 + ahead, kvd, 0), row_bytes);
+            else if (i0 + ahead < hi) prefetch_bytes(kv_at(j->s, keys, i0 + ahead, kvd, 0), row_bytes);
+            for (int a = 0; a < nq; a++)
+                kv_axpy(acc + (size_t)a * hd, scores[a * KEY_BLOCK + i], value_row + (a / group) * head_bytes, kv_dtype, hd);
         }
     }
 }
@@ -2117,13 +2141,13 @@ static void attention_merge(const Config *c, RunState *s, int n_ranges) {
    queries' probability rows as rows, V packed head-dim-major). Needs head_dim % TILE_TOKENS
    == 0; the plain loop above handles the rest (and one token). */
 
-/* One block of queries t0..t0+nt-1 of head h; v_packed: V of the keys v_first.. as
-   [hd / TILE_TOKENS][v_keys][TILE_TOKENS], packed once for all of the head's blocks */
+/* One block of queries t0..t0+nt-1 of head h; k_head: K of the keys v_first.. as fp32 [v_keys][hd],
+   v_packed: their V as [hd / TILE_TOKENS][v_keys][TILE_TOKENS], both made once for all of the head's blocks */
 static void attention_block(const AttentionJob *j, int h, int t0, int nt, float *scores, float *packed, float *o_tile,
-                            const float *v_packed, int v_first, int v_keys) {
+                            const float *k_head, const float *v_packed, int v_first, int v_keys) {
     const Config *c = &j->m->c;
-    int hd = c->attn_head_dim, cap = j->s->kv_capacity, kvh = h / (c->attn_heads / c->attn_kv_heads);
-    size_t qd = (size_t)c->attn_heads * hd, kvd = (size_t)c->attn_kv_heads * hd;
+    int hd = c->attn_head_dim;
+    size_t qd = (size_t)c->attn_heads * hd;
     int p0 = j->pos + t0, first = first_key(c, p0);
     int n = p0 + nt - first; // keys any query of the block sees: first .. p0 + nt - 1
     for (int d = 0; d < hd; d++) // the block's queries, [hd][TILE_TOKENS]
@@ -2132,7 +2156,7 @@ static void attention_block(const AttentionJob *j, int h, int t0, int nt, float 
         int ni = n - i0 < TILE_ROWS ? n - i0 : TILE_ROWS;
         const float *keys[TILE_ROWS];
         for (int i = 0; i < TILE_ROWS; i++)
-            keys[i] = j->ls->key_cache + (size_t)((first + i0 + (i < ni ? i : ni - 1)) % cap) * kvd + (size_t)kvh * hd;
+            keys[i] = k_head + (size_t)(first - v_first + i0 + (i < ni ? i : ni - 1)) * hd;
         rows_times_tokens(scores + i0, n, keys, packed, hd, ni, nt);
     }
     float scale = 1.0f / sqrtf((float)hd);
@@ -2159,30 +2183,36 @@ static void attention_block(const AttentionJob *j, int h, int t0, int nt, float 
 static void attention_blocks(void *arg, int thread, int nt) {
     const AttentionJob *j = arg;
     const Config *c = &j->m->c;
-    int hd = c->attn_head_dim, cap = j->s->kv_capacity, n_max = j->pos + j->T, group = c->attn_heads / c->attn_kv_heads;
+    int hd = c->attn_head_dim, n_max = j->pos + j->T, group = c->attn_heads / c->attn_kv_heads;
     size_t kvd = (size_t)c->attn_kv_heads * hd;
     int v_first = first_key(c, j->pos), v_keys = n_max - v_first; // the keys any query of the batch sees
     float *scores = malloc(sizeof(float) * TILE_TOKENS * n_max), *packed = malloc(sizeof(float) * hd * TILE_TOKENS),
-          *o_tile = malloc(sizeof(float) * hd * TILE_TOKENS), *v_packed = malloc(sizeof(float) * hd * v_keys);
-    if (!scores || !packed || !o_tile || !v_packed) fatal("out of memory");
-    for (int h = thread; h < c->attn_heads; h += nt) { // a head at a time: its V packed once for all its blocks
-        for (int g = 0; g < hd / TILE_TOKENS; g++)
-            for (int i = 0; i < v_keys; i++)
-                memcpy(v_packed + ((size_t)g * v_keys + i) * TILE_TOKENS,
-                       j->ls->value_cache + (size_t)((v_first + i) % cap) * kvd + (size_t)(h / group) * hd + (size_t)g * TILE_TOKENS,
-                       sizeof(float) * TILE_TOKENS);
+          *o_tile = malloc(sizeof(float) * hd * TILE_TOKENS), *v_packed = malloc(sizeof(float) * hd * v_keys),
+          *k_head = malloc(sizeof(float) * hd * v_keys), *v_row = malloc(sizeof(float) * hd);
+    if (!scores || !packed || !o_tile || !v_packed || !k_head || !v_row) fatal("out of memory");
+    for (int h = thread; h < c->attn_heads; h += nt) { // a head at a time: its K and V as fp32 once for all its blocks
+        size_t offset = (size_t)(h / group) * hd;
+        for (int i = 0; i < v_keys; i++) {
+            kv_load(j->s, k_head + (size_t)i * hd, j->ls->key_cache, v_first + i, kvd, offset, hd);
+            kv_load(j->s, v_row, j->ls->value_cache, v_first + i, kvd, offset, hd);
+            for (int g = 0; g < hd / TILE_TOKENS; g++)
+                memcpy(v_packed + ((size_t)g * v_keys + i) * TILE_TOKENS, v_row + (size_t)g * TILE_TOKENS, sizeof(float) * TILE_TOKENS);
+        }
         for (int t0 = 0; t0 < j->T; t0 += TILE_TOKENS)
-            attention_block(j, h, t0, j->T - t0 < TILE_TOKENS ? j->T - t0 : TILE_TOKENS, scores, packed, o_tile, v_packed, v_first, v_keys);
+            attention_block(j, h, t0, j->T - t0 < TILE_TOKENS ? j->T - t0 : TILE_TOKENS, scores, packed, o_tile, k_head, v_packed,
+                            v_first, v_keys);
     }
     free(scores);
     free(packed);
     free(o_tile);
     free(v_packed);
+    free(k_head);
+    free(v_row);
 }
 
 static void attention_layer(const Model *m, const LayerWeights *w, LayerState *ls, RunState *s, int T, int pos, float *out) {
     const Config *c = &m->c;
-    int hd = c->attn_head_dim, nq = c->attn_heads, nkv = c->attn_kv_heads, cap = s->kv_capacity;
+    int hd = c->attn_head_dim, nq = c->attn_heads, nkv = c->attn_kv_heads;
     size_t qd = (size_t)nq * hd, kvd = (size_t)nkv * hd;
     matmuls(s->xb, T, 3, (float *[]){s->q, s->k, s->v}, (const Matrix *[]){&w->q_proj, &w->k_proj, &w->v_proj});
     add_bias(s->q, w->q_bias, T, qd, (int)qd); // matmul rows are packed per token: stride = rows
@@ -2192,8 +2222,8 @@ static void attention_layer(const Model *m, const LayerWeights *w, LayerState *l
         int p = pos + t;
         rope(s->q + (size_t)t * qd, nq, hd, p, m->rope_inv_freq_attn);
         rope(s->k + (size_t)t * kvd, nkv, hd, p, m->rope_inv_freq_attn);
-        memcpy(ls->key_cache + (size_t)(p % cap) * kvd, s->k + (size_t)t * kvd, kvd * sizeof(float));
-        memcpy(ls->value_cache + (size_t)(p % cap) * kvd, s->v + (size_t)t * kvd, kvd * sizeof(float));
+        kv_store(s, ls->key_cache, p, kvd, s->k + (size_t)t * kvd);
+        kv_store(s, ls->value_cache, p, kvd, s->v + (size_t)t * kvd);
     }
     AttentionJob job = {m, ls, s, T, pos};
     ParallelFn heads = T == 1 ? attention_keys : hd % TILE_TOKENS == 0 ? attention_blocks : attention_heads;
@@ -3484,6 +3514,7 @@ static void save_state(const Model *m, RunState *s, const char *path) {
                      s->last_token, rows};
     int ok = fwrite(&h, sizeof h, 1, f) == 1 && fwrite(s->logits, sizeof(float), (size_t)m->c.vocab_size, f) == (size_t)m->c.vocab_size;
     size_t kv_dim = (size_t)m->c.attn_kv_heads * m->c.attn_head_dim;
+    float *row = xcalloc(kv_dim ? kv_dim : 1, sizeof(float)); // a KV row as fp32, whatever the cache holds
     for (int l = 0; l < m->c.n_layers && ok; l++) {
         const LayerState *ls = &s->layers[l];
         if (ls->state) {
@@ -3493,11 +3524,13 @@ static void save_state(const Model *m, RunState *s, const char *path) {
                 if (ls->conv_cache[i]) ok = fwrite(ls->conv_cache[i], sizeof(float), conv_cache_floats(m, l, i), f) == conv_cache_floats(m, l, i);
         } else
             for (int p = s->pos - rows; p < s->pos && ok; p++) {
-                size_t row = (size_t)(p % s->kv_capacity) * kv_dim;
-                ok = fwrite(ls->key_cache + row, sizeof(float), kv_dim, f) == kv_dim &&
-                     fwrite(ls->value_cache + row, sizeof(float), kv_dim, f) == kv_dim;
+                kv_load(s, row, ls->key_cache, p, kv_dim, 0, kv_dim);
+                ok = fwrite(row, sizeof(float), kv_dim, f) == kv_dim;
+                kv_load(s, row, ls->value_cache, p, kv_dim, 0, kv_dim);
+                ok = ok && fwrite(row, sizeof(float), kv_dim, f) == kv_dim;
             }
     }
+    free(row);
     if (!ok || fclose(f) != 0) fatal("%s: write failed", path);
 }
 
@@ -3519,6 +3552,7 @@ static void load_state(const Model *m, RunState *s, const char *path) {
         fatal("%s: position %d / %d KV rows do not fit this run (context %d)", path, h.pos, h.kv_rows, s->ctx);
     read_floats(f, s->logits, (size_t)m->c.vocab_size, path);
     size_t kv_dim = (size_t)m->c.attn_kv_heads * m->c.attn_head_dim;
+    float *row = xcalloc(kv_dim ? kv_dim : 1, sizeof(float));
     for (int l = 0; l < m->c.n_layers; l++) {
         LayerState *ls = &s->layers[l];
         if (ls->state) {
@@ -3526,12 +3560,13 @@ static void load_state(const Model *m, RunState *s, const char *path) {
             for (int i = 0; i < 3; i++) if (ls->conv_cache[i]) read_floats(f, ls->conv_cache[i], conv_cache_floats(m, l, i), path);
         } else
             for (int p = h.pos - h.kv_rows; p < h.pos; p++) { // only the newest kv_capacity rows stay
-                float *k = ls->key_cache + (size_t)(p % s->kv_capacity) * kv_dim;
-                float *v = ls->value_cache + (size_t)(p % s->kv_capacity) * kv_dim;
-                read_floats(f, k, kv_dim, path);
-                read_floats(f, v, kv_dim, path);
+                read_floats(f, row, kv_dim, path);
+                kv_store(s, ls->key_cache, p, kv_dim, row); // (rounded to bf16 with --kv-dtype bf16)
+                read_floats(f, row, kv_dim, path);
+                kv_store(s, ls->value_cache, p, kv_dim, row);
             }
     }
+    free(row);
     if (fgetc(f) != EOF) fatal("%s: trailing bytes after the state", path);
     fclose(f);
     s->pos = h.pos;
@@ -3541,7 +3576,7 @@ static void load_state(const Model *m, RunState *s, const char *path) {
 #endif
 }
 
-static void print_info(const Model *m, int ctx) {
+static void print_info(const Model *m, int ctx, int kv_dtype) {
     const Config *c = &m->c;
     int L = c->n_layers;
     printf("model: %s\n", m->path);
@@ -3566,7 +3601,8 @@ static void print_info(const Model *m, int ctx) {
             for (int i = 0; i < 3; i++) if (w->conv_w[i]) conv_floats += (size_t)w->conv_channels[i] * (c->conv_size - 1);
         }
     }
-    size_t state_bytes = (state_floats + conv_floats) * 4, kv_bytes = kv_per_token * 4;
+    size_t state_bytes = (state_floats + conv_floats) * 4, kv_bytes = dtype_bytes(kv_dtype, kv_per_token, 1);
+    const char *kv_type = kv_dtype == DTYPE_BF16 ? "bf16" : "fp32";
     for (int k = 1; k < N_KINDS; k++) { // the shape of one layer's state, per kind present
         int present = 0;
         for (int l = 0; l < L; l++) present |= m->kinds[l] == k;
@@ -3578,16 +3614,16 @@ static void print_info(const Model *m, int ctx) {
         printf("\n");
     }
     if (c->attn_heads && memchr(m->kinds, KIND_ATTENTION, (size_t)L))
-        printf("attention per layer: K and V [tokens x %d kv heads x %d] fp32%s\n", c->attn_kv_heads, c->attn_head_dim,
+        printf("attention per layer: K and V [tokens x %d kv heads x %d] %s%s\n", c->attn_kv_heads, c->attn_head_dim, kv_type,
                c->attn_window ? ", sliding window" : "");
     printf("recurrent state: %zu bytes (+ %zu bytes of conv caches), constant in the context length\n",
            state_floats * 4, conv_floats * 4);
-    printf("kv cache: %zu bytes per token%s\n", kv_bytes,
+    printf("kv cache: %zu bytes per token (%s)%s\n", kv_bytes, kv_type,
            c->attn_window ? " (sliding window: only the last window of tokens is kept)" : "");
     // the paper's argument in numbers: state + KV memory of this model vs a pure Transformer
-    // of the same width and depth (every layer full multi-head attention, fp32 cache)
-    size_t transformer_per_token = (size_t)L * 2 * c->dim * 4;
-    printf("memory per sequence (fp32)   %14s %14s %14s\n", "2K tokens", "32K tokens", "128K tokens");
+    // of the same width and depth (every layer full multi-head attention, the same cache type)
+    size_t transformer_per_token = dtype_bytes(kv_dtype, (uint64_t)L * 2 * c->dim, 1);
+    printf("memory per sequence (KV %s) %14s %14s %14s\n", kv_type, "2K tokens", "32K tokens", "128K tokens");
     const int lens[3] = {2048, 32768, 131072};
     printf("  this model                 ");
     for (int i = 0; i < 3; i++) {
@@ -3640,6 +3676,7 @@ static void usage(void) {
             "  -T N           threads (default: number of CPUs)\n"
             "  --device D     cpu (default) or cuda (a build made with `make cuda`)\n"
             "  --ctx N        context length for full-attention layers (default: max_position_embeddings)\n"
+            "  --kv-dtype T   fp32 (default) or bf16: the attention layers' KV cache (bf16: half the memory)\n"
             "  --ppl FILE     perplexity of a text file, in windows of --ctx tokens\n"
             "  --kl-ref REF.bin  with --ppl: also the mean KL(REF || MODEL) of the next-token distributions\n"
             "  --save-state F   after the prompt, save the whole sequence state (states, conv and KV caches)\n"
@@ -3659,7 +3696,7 @@ static void usage(void) {
 // --device cuda: this sequence's forward passes run on the GPU from here on
 static void use_gpu(RunState *s, const Model *m, int quiet) {
 #ifdef USE_CUDA
-    s->gpu = cuda_init(m, s->ctx, quiet);
+    s->gpu = cuda_init(m, s->ctx, s->kv_dtype, quiet);
     s->max_batch = cuda_max_batch();
     free(s->logits);
     s->logits = xcalloc((size_t)s->max_batch * m->c.vocab_size, sizeof(float));
@@ -3732,6 +3769,7 @@ int main(int argc, char **argv) {
     const char *text_file = NULL, *ppl_file = NULL, *tokens_file = NULL, *kl_ref_path = NULL;
     const char *save_state_path = NULL, *load_state_path = NULL;
     int steps = 256, one_by_one = 0, print_ids = 0, quiet = 0, info = 0, tokenize = 0, detokenize = 0, ctx = 0, gpu = 0;
+    int kv_dtype = DTYPE_F32;
     float temperature = 1.0f, topp = 0.9f, minp = 0.0f, repeat_penalty = 1.0f;
     int topk = 0;
     unsigned long long seed = 0;
@@ -3768,6 +3806,11 @@ int main(int argc, char **argv) {
             const char *d = NEXT();
             if (strcmp(d, "cpu") && strcmp(d, "cuda")) fatal("--device: unknown device '%s' (cpu or cuda)", d);
             gpu = !strcmp(d, "cuda");
+        }
+        else if (!strcmp(a, "--kv-dtype")) {
+            const char *d = NEXT();
+            if (strcmp(d, "fp32") && strcmp(d, "bf16")) fatal("--kv-dtype: unknown type '%s' (fp32 or bf16)", d);
+            kv_dtype = !strcmp(d, "bf16") ? DTYPE_BF16 : DTYPE_F32;
         }
         else if (!strcmp(a, "--one-by-one")) one_by_one = 1;
         else if (!strcmp(a, "--ids")) print_ids = 1;
@@ -3816,7 +3859,7 @@ int main(int argc, char **argv) {
 #endif
     Model m;
     load_model(&m, model_path);
-    if (info) { print_info(&m, ctx); return 0; }
+    if (info) { print_info(&m, ctx, kv_dtype); return 0; }
     if (ctx == 0) ctx = m.c.max_pos;
 
     Tokenizer tok, *tokp = NULL;
@@ -3871,20 +3914,20 @@ int main(int argc, char **argv) {
 
     RunState s;
     if (ppl_file || (tokens_file && !logits_path && steps == 0)) { // score the text in windows of --ctx tokens
-        alloc_run_state(&s, &m, ctx);
+        alloc_run_state(&s, &m, ctx, kv_dtype);
         if (gpu) use_gpu(&s, &m, quiet);
         Model ref;
         RunState ref_state;
         if (kl_ref_path) {
             load_model(&ref, kl_ref_path);
             if (ref.c.vocab_size != m.c.vocab_size) fatal("%s: vocab %d differs from %s's %d", kl_ref_path, ref.c.vocab_size, model_path, m.c.vocab_size);
-            alloc_run_state(&ref_state, &ref, ctx);
+            alloc_run_state(&ref_state, &ref, ctx, kv_dtype);
             if (gpu) use_gpu(&ref_state, &ref, quiet);
         }
         perplexity(&m, &s, kl_ref_path ? &ref : NULL, &ref_state, prompt_ids, n_prompt, ctx, text_bytes);
         return 0;
     }
-    alloc_run_state(&s, &m, ctx);
+    alloc_run_state(&s, &m, ctx, kv_dtype);
     if (gpu) use_gpu(&s, &m, quiet);
     if (load_state_path) load_state(&m, &s, load_state_path);
     if (save_state_path) { // the prompt first, then the state; generation (if any) continues from it

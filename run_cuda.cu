@@ -654,8 +654,9 @@ struct Gpu {
     LayerWeights *layers;            // run.c's per-layer weights, pointers into `file`
     Matrix embeddings, lm_head;
     const float *final_norm, *rope_inv_freq_attn, *rope_inv_freq_retnet;
-    float **state, **conv_cache[3], **key_cache, **value_cache; // per layer
-    int kv_capacity, max_batch, pos;
+    float **state, **conv_cache[3];  // per layer
+    void **key_cache, **value_cache; // per attention layer: fp32, or bf16 where kv_bf16 (run.c's --kv-dtype)
+    int kv_capacity, kv_bf16, max_batch, pos;
     int n_sms;                       // streaming multiprocessors (GEMV grid size)
     int dependent_launch;            // one-token steps' kernels as programmatic dependent launches (launch)
     int dependent_now;               // ... and this step is one (a prompt's kernels launch plainly, as measured)
@@ -665,6 +666,7 @@ struct Gpu {
     float *att;                      // attention's per-split partial results
     int *att_done;                   // per query head: how many of a decoded token's splits have finished
     float *scores;                   // a prompt's attention scores [heads][T][keys], if they fit 1 GB
+    float *kv_f32;                   // with a bf16 cache and scores: a layer's keys, then values, widened for the SGEMMs
     int step_pos;                    // first position of the step being run (host copy)
     size_t proj;                     // row length of q/k/v/g/f/a/o
     void *x16, *w16;                 // a GEMM's input in 16-bit (q8: x_q's hi then lo bytes), a q8 matrix widened to bf16
@@ -1129,8 +1131,13 @@ static Prologue group_norm(const float *w, const float *gate, int group, float e
 /* Softmax attention (run.c's attention_layer): q, k = RoPE(W x); append k, v to the cache;
    o = softmax(q . k_j / sqrt(d)) v over the window. Blocks per (token, query head), each a
    range of the keys with an online softmax (running max and sum), merged at the end. */
+// a cache value from fp32: KV = float, or __nv_bfloat16 with --kv-dtype bf16 (to nearest even, as run.c's f32_to_bf16)
+template <typename KV> __device__ static KV to_kv(float x);
+template <> __device__ float to_kv<float>(float x) { return x; }
+template <> __device__ __nv_bfloat16 to_kv<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <typename KV>
 __global__ void attention_prep_kernel(float *q, float *k, float *v, const float *q_bias, const float *k_bias, const float *v_bias,
-                                      float *key_cache, float *value_cache, const int *pos, int nq, int nkv, int hd, int cap,
+                                      KV *key_cache, KV *value_cache, const int *pos, int nq, int nkv, int hd, int cap,
                                       const float *inv_freq) {
     wait_for_inputs();
     // a thread per rotation pair (i, i + hd/2) of one of token t's query heads, then key heads
@@ -1147,8 +1154,8 @@ __global__ void attention_prep_kernel(float *q, float *k, float *v, const float 
     float *vt = v + t * kvd, v1 = vt[col], v2 = vt[col + half];
     if (v_bias) v1 += v_bias[col], v2 += v_bias[col + half];
     size_t row = (size_t)(p % cap) * kvd;
-    key_cache[row + col] = x1, key_cache[row + col + half] = x2;
-    value_cache[row + col] = v1, value_cache[row + col + half] = v2;
+    key_cache[row + col] = to_kv<KV>(x1), key_cache[row + col + half] = to_kv<KV>(x2);
+    value_cache[row + col] = to_kv<KV>(v1), value_cache[row + col + half] = to_kv<KV>(v2);
 }
 
 #define ATT_WARPS 8
@@ -1156,7 +1163,7 @@ __global__ void attention_prep_kernel(float *q, float *k, float *v, const float 
 #define ATT_UNROLL 4     // key rows a lane group loads at once (keys and values all requested before any is used)
 #define MAX_HEAD_DIM 256
 static_assert(ATT_SPLITS <= ATT_WARPS * 32, "attention_merge: a thread per split");
-// W floats a lane loads at a time: float4 when the head dimension allows it
+// W cache values a lane loads at a time, as floats: 16 (fp32) or 8 (bf16) bytes when the head dimension allows it
 template <int W> struct Floats { float v[W]; };
 template <int W> __device__ static Floats<W> load_floats(const float *p) {
     Floats<W> r;
@@ -1165,6 +1172,25 @@ template <int W> __device__ static Floats<W> load_floats(const float *p) {
         r.v[0] = f.x, r.v[1] = f.y, r.v[2] = f.z, r.v[3] = f.w;
     } else {
         r.v[0] = *p;
+    }
+    return r;
+}
+template <int W> __device__ static Floats<W> load_floats(const __nv_bfloat16 *p) {
+    Floats<W> r;
+    if constexpr (W == 8) {
+        uint4 u = *reinterpret_cast<const uint4 *>(p);
+        const unsigned words[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&words[i]));
+            r.v[2 * i] = f.x, r.v[2 * i + 1] = f.y;
+        }
+    } else if constexpr (W == 4) {
+        uint2 u = *reinterpret_cast<const uint2 *>(p);
+        float2 a = __bfloat1622float2(*reinterpret_cast<__nv_bfloat162 *>(&u.x)), b = __bfloat1622float2(*reinterpret_cast<__nv_bfloat162 *>(&u.y));
+        r.v[0] = a.x, r.v[1] = a.y, r.v[2] = b.x, r.v[3] = b.y;
+    } else {
+        r.v[0] = __bfloat162float(*p);
     }
     return r;
 }
@@ -1195,8 +1221,8 @@ __device__ static void attention_merge(float *o, const float *part, int n_splits
    lane groups' acc are summed at the end, the warps' through shared memory. One split
    (a prompt's tokens): the block writes o. Several (a decoded token): each block's
    (m, l, acc) goes to `partial`, and the last block of the (t, h) to finish merges them. */
-template <int W, int CH>
-__global__ void attention_kernel(float *o, float *partial, int *done, const float *q, const float *key_cache, const float *value_cache,
+template <int W, int CH, typename KV>
+__global__ void attention_kernel(float *o, float *partial, int *done, const float *q, const KV *key_cache, const KV *value_cache,
                                  const int *pos, int nq, int nkv, int hd, int window, int cap) {
     wait_for_inputs();
     int t = blockIdx.x, h = blockIdx.y, split = blockIdx.z, n_splits = gridDim.z, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -1310,19 +1336,34 @@ __global__ void attention_softmax_kernel(float *scores, int T, int n, int pos, i
     for (int j = threadIdx.x; j < n; j += blockDim.x) row[j] = j >= first && j <= p ? expf(row[j] - mx) / sum : 0.0f;
 }
 
+// a bf16 cache's first n values of keys and of values as fp32, one after the other (a prompt's SGEMMs)
+__global__ void widen_kv_kernel(float *out, const __nv_bfloat16 *keys, const __nv_bfloat16 *values, size_t n) {
+    wait_for_inputs();
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = __bfloat162float(keys[i]), out[n + i] = __bfloat162float(values[i]);
+}
+
 static void attention_gemm(Gpu *gp, int l, int T) {
     const Config *c = &gp->m->c;
     int hd = c->attn_head_dim, nq = c->attn_heads, nkv = c->attn_kv_heads, group = nq / nkv, n = gp->step_pos + T;
     long long kvd = (long long)nkv * hd, sn = (long long)T * n;
     float scale = 1.0f / sqrtf((float)hd), one = 1.0f, zero = 0.0f;
+    const float *keys = (const float *)gp->key_cache[l], *values = (const float *)gp->value_cache[l];
+    if (gp->kv_bf16) { // rows 0..n-1 (the caller checked that the ring has not wrapped)
+        size_t count = (size_t)n * kvd;
+        launch(gp, widen_kv_kernel, dim3((unsigned)((count + 255) / 256)), dim3(256), 0, gp->kv_f32, (const __nv_bfloat16 *)gp->key_cache[l],
+               (const __nv_bfloat16 *)gp->value_cache[l], count);
+        LAUNCH_CHECK();
+        keys = gp->kv_f32, values = gp->kv_f32 + count;
+    }
     for (int g = 0; g < group; g++) // query heads kvh * group + g, batched over the kv heads
-        BLAS_CHECK(cublasSgemmStridedBatched(gp->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, T, hd, &scale, gp->key_cache[l], kvd, hd,
+        BLAS_CHECK(cublasSgemmStridedBatched(gp->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, T, hd, &scale, keys, kvd, hd,
                                              gp->q + (size_t)g * hd, nq * hd, (long long)group * hd, &zero, gp->scores + g * sn, n,
                                              group * sn, nkv));
     launch(gp, attention_softmax_kernel, dim3(T, nq), dim3(256), 0, gp->scores, T, n, gp->step_pos, c->attn_window);
     LAUNCH_CHECK();
     for (int g = 0; g < group; g++)
-        BLAS_CHECK(cublasSgemmStridedBatched(gp->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, n, &one, gp->value_cache[l], kvd, hd,
+        BLAS_CHECK(cublasSgemmStridedBatched(gp->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, n, &one, values, kvd, hd,
                                              gp->scores + g * sn, n, group * sn, &zero, gp->o + (size_t)g * hd, nq * hd,
                                              (long long)group * hd, nkv));
 }
@@ -1333,17 +1374,32 @@ static void attention_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     GemvJob in[3] = {{w->q_proj, gp->q, OUT_STORE}, {w->k_proj, gp->k, OUT_STORE}, {w->v_proj, gp->v, OUT_STORE}};
     matmul(gp, gp->x, c->dim, rms(w->attn_norm, c->norm_eps), T, in, 3);
     mark(gp, "projections");
-    launch(gp, attention_prep_kernel, dim3(((nq + nkv) * hd / 2 + 255) / 256, T), dim3(256), 0, gp->q, gp->k, gp->v, w->q_bias, w->k_bias,
-           w->v_bias, gp->key_cache[l], gp->value_cache[l], gp->pos_dev, nq, nkv, hd, gp->kv_capacity, gp->rope_inv_freq_attn);
+    dim3 prep_grid(((nq + nkv) * hd / 2 + 255) / 256, T);
+    if (gp->kv_bf16)
+        launch(gp, attention_prep_kernel<__nv_bfloat16>, prep_grid, dim3(256), 0, gp->q, gp->k, gp->v, w->q_bias, w->k_bias, w->v_bias,
+               (__nv_bfloat16 *)gp->key_cache[l], (__nv_bfloat16 *)gp->value_cache[l], gp->pos_dev, nq, nkv, hd, gp->kv_capacity,
+               gp->rope_inv_freq_attn);
+    else
+        launch(gp, attention_prep_kernel<float>, prep_grid, dim3(256), 0, gp->q, gp->k, gp->v, w->q_bias, w->k_bias, w->v_bias,
+               (float *)gp->key_cache[l], (float *)gp->value_cache[l], gp->pos_dev, nq, nkv, hd, gp->kv_capacity, gp->rope_inv_freq_attn);
     LAUNCH_CHECK();
     if (T > 1 && gp->scores && gp->step_pos + T <= gp->kv_capacity) {
         attention_gemm(gp, l, T);
         mark(gp, "attention");
     } else {
-        int splits = T == 1 ? ATT_SPLITS : 1; // one token: spread its keys over more blocks
-        auto kernel = hd % 4 ? attention_kernel<1, MAX_HEAD_DIM / 32> : hd > 128 ? attention_kernel<4, 2> : attention_kernel<4, 1>;
-        launch(gp, kernel, dim3(T, nq, splits), dim3(ATT_WARPS * 32), 0, gp->o, gp->att, gp->att_done, gp->q, gp->key_cache[l],
-                                                                        gp->value_cache[l], gp->pos_dev, nq, nkv, hd, c->attn_window, gp->kv_capacity);
+        dim3 grid(T, nq, T == 1 ? ATT_SPLITS : 1); // one token: spread its keys over more blocks
+        if (gp->kv_bf16) {
+            // 16-byte loads, as fp32's: 8 values a lane (4, 8-byte loads, measured no faster than the fp32 cache)
+            auto kernel = hd % 4 ? attention_kernel<1, MAX_HEAD_DIM / 32, __nv_bfloat16>
+                        : hd % 8 ? (hd > 128 ? attention_kernel<4, 2, __nv_bfloat16> : attention_kernel<4, 1, __nv_bfloat16>)
+                                 : attention_kernel<8, 1, __nv_bfloat16>;
+            launch(gp, kernel, grid, dim3(ATT_WARPS * 32), 0, gp->o, gp->att, gp->att_done, gp->q, (const __nv_bfloat16 *)gp->key_cache[l],
+                   (const __nv_bfloat16 *)gp->value_cache[l], gp->pos_dev, nq, nkv, hd, c->attn_window, gp->kv_capacity);
+        } else {
+            auto kernel = hd % 4 ? attention_kernel<1, MAX_HEAD_DIM / 32, float> : hd > 128 ? attention_kernel<4, 2, float> : attention_kernel<4, 1, float>;
+            launch(gp, kernel, grid, dim3(ATT_WARPS * 32), 0, gp->o, gp->att, gp->att_done, gp->q, (const float *)gp->key_cache[l],
+                   (const float *)gp->value_cache[l], gp->pos_dev, nq, nkv, hd, c->attn_window, gp->kv_capacity);
+        }
         LAUNCH_CHECK();
         mark(gp, "attention");
     }
@@ -2123,7 +2179,8 @@ extern "C" int cuda_can_run_ahead(const Gpu *gp) { return !gp->timing; }
 static void copy_state(Gpu *gp, RunState *s, int to_host) {
     const Config *c = &gp->m->c;
     cudaMemcpyKind kind = to_host ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice;
-#define COPY(host, dev, floats) CUDA_CHECK(to_host ? cudaMemcpy(host, dev, (floats) * sizeof(float), kind) : cudaMemcpy(dev, host, (floats) * sizeof(float), kind))
+#define COPY_BYTES(host, dev, bytes) CUDA_CHECK(to_host ? cudaMemcpy(host, dev, bytes, kind) : cudaMemcpy(dev, host, bytes, kind))
+#define COPY(host, dev, floats) COPY_BYTES(host, dev, (floats) * sizeof(float))
     COPY(s->logits, gp->logits, (size_t)c->vocab_size);
     size_t kv_dim = (size_t)c->attn_kv_heads * c->attn_head_dim;
     int rows = s->pos < s->kv_capacity ? s->pos : s->kv_capacity;
@@ -2135,13 +2192,15 @@ static void copy_state(Gpu *gp, RunState *s, int to_host) {
             for (int i = 0; i < 3; i++)
                 if (ls->conv_cache[i]) COPY(ls->conv_cache[i], gp->conv_cache[i][l], (size_t)gp->layers[l].conv_channels[i] * (c->conv_size - 1));
         } else
-            for (int p = s->pos - rows; p < s->pos; p++) {
-                size_t host_row = (size_t)(p % s->kv_capacity) * kv_dim, dev_row = (size_t)(p % gp->kv_capacity) * kv_dim;
-                COPY(ls->key_cache + host_row, gp->key_cache[l] + dev_row, kv_dim);
-                COPY(ls->value_cache + host_row, gp->value_cache[l] + dev_row, kv_dim);
+            for (int p = s->pos - rows; p < s->pos; p++) { // (both caches hold s->kv_dtype: cuda_init took it)
+                size_t row_bytes = kv_dim * (gp->kv_bf16 ? 2 : 4), host_row = (size_t)(p % s->kv_capacity) * row_bytes,
+                       dev_row = (size_t)(p % gp->kv_capacity) * row_bytes;
+                COPY_BYTES((char *)ls->key_cache + host_row, (char *)gp->key_cache[l] + dev_row, row_bytes);
+                COPY_BYTES((char *)ls->value_cache + host_row, (char *)gp->value_cache[l] + dev_row, row_bytes);
             }
     }
 #undef COPY
+#undef COPY_BYTES
     // a copy from pageable memory may return before its DMA has landed, and gp->stream (non-
     // blocking) does not wait on the legacy stream's copies: the next step must not start early
     if (!to_host) CUDA_CHECK(cudaDeviceSynchronize());
@@ -2172,7 +2231,7 @@ extern "C" void cuda_reset(Gpu *gp) {
 extern "C" int cuda_max_batch(void) { return GPU_MAX_BATCH; }
 
 // copy the weights to the device and allocate the states, caches and activations
-extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
+extern "C" Gpu *cuda_init(const Model *m, int ctx, int kv_dtype, int quiet) {
     const Config *c = &m->c;
     int n_dev = 0;
     cudaError_t e = cudaGetDeviceCount(&n_dev);
@@ -2182,6 +2241,7 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     Gpu *gp = (Gpu *)xcalloc(1, sizeof(Gpu));
     gp->m = m;
     gp->max_batch = GPU_MAX_BATCH;
+    gp->kv_bf16 = kv_dtype == DTYPE_BF16;
     CUDA_CHECK(cudaDeviceGetAttribute(&gp->n_sms, cudaDevAttrMultiProcessorCount, 0));
     int cc_major = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, 0));
@@ -2229,15 +2289,15 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     // states and caches, laid out as run.c's
     gp->kv_capacity = c->attn_window > 0 && c->attn_window + GPU_MAX_BATCH < ctx ? c->attn_window + GPU_MAX_BATCH : ctx;
     gp->state = (float **)xcalloc((size_t)c->n_layers, sizeof(float *));
-    gp->key_cache = (float **)xcalloc((size_t)c->n_layers, sizeof(float *));
-    gp->value_cache = (float **)xcalloc((size_t)c->n_layers, sizeof(float *));
+    gp->key_cache = (void **)xcalloc((size_t)c->n_layers, sizeof(void *));
+    gp->value_cache = (void **)xcalloc((size_t)c->n_layers, sizeof(void *));
     for (int i = 0; i < 3; i++) gp->conv_cache[i] = (float **)xcalloc((size_t)c->n_layers, sizeof(float *));
     for (int l = 0; l < c->n_layers; l++) {
         const LayerWeights *w = &m->layers[l];
         if (w->kind == KIND_ATTENTION) {
-            size_t kv = (size_t)gp->kv_capacity * c->attn_kv_heads * c->attn_head_dim;
-            gp->key_cache[l] = zeros(kv);
-            gp->value_cache[l] = zeros(kv);
+            size_t kv = (size_t)gp->kv_capacity * c->attn_kv_heads * c->attn_head_dim, kv_floats = gp->kv_bf16 ? (kv + 1) / 2 : kv;
+            gp->key_cache[l] = zeros(kv_floats);
+            gp->value_cache[l] = zeros(kv_floats);
             continue;
         }
         gp->state[l] = zeros(linear_state_floats(c, w->kind));
@@ -2260,6 +2320,7 @@ extern "C" Gpu *cuda_init(const Model *m, int ctx, int quiet) {
     gp->logits = zeros(B * c->vocab_size);
     size_t score_floats = B * (size_t)c->attn_heads * gp->kv_capacity;
     if (c->attn_heads > 0 && score_floats * sizeof(float) <= (1u << 30)) gp->scores = zeros(score_floats);
+    if (gp->scores && gp->kv_bf16) gp->kv_f32 = zeros(2 * (size_t)gp->kv_capacity * c->attn_kv_heads * c->attn_head_dim);
     gp->att = zeros(ATT_SPLITS * (size_t)(c->attn_heads > 0 ? c->attn_heads : 1) * (MAX_HEAD_DIM + 2));
     gp->att_done = reinterpret_cast<int *>(zeros(c->attn_heads > 0 ? c->attn_heads : 1));
     gp->x16_elems = B * proj;

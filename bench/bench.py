@@ -32,11 +32,13 @@ each dtype; TURNS lines), so that both sides see the same minutes of a shared ho
 
 Usage: python3 bench/bench.py [--threads N] [--sizes 340M,1.3B] [--shapes SIZE=DIR]
          [--prompt P] [--decode D] [--reps R] [--dtypes fp32,bf16,q8] [--llama2c DIR] [--llama2c-sizes 340M]
-         [--llama2c-prompt P] [--context C] [--create-only] [model-substring ...]
+         [--llama2c-prompt P] [--context C] [--kv-dtype T] [--create-only] [model-substring ...]
   --create-only: write the cached models (one-time: minutes per model at 1.3B) and exit
   --context C: decode after a C-token prompt instead of from BOS (its state saved once with
                --save-state, loaded by each rep; rows named <model>-<size>-ctx<C>; the KV
                cache it reads is in the roofline's bytes); not part of `make bench`
+  --kv-dtype T: every run with ./run --kv-dtype T (fp32 or bf16: the attention layers' KV cache;
+               the roofline counts its bytes in that type); rows named <model>-<size>-kv<T>
 """
 import hashlib
 import os
@@ -51,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+KV_FLAGS = []  # --kv-dtype T, passed to every ./run (also bench_cuda.py's)
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
@@ -134,7 +137,7 @@ def table(model):
 
 def state_and_kv_bytes(model):
     """the recurrent state's bytes and the KV cache's bytes per token of context, as ./run --info says"""
-    out = subprocess.run([str(REPO / "run"), str(model), "--info"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([str(REPO / "run"), str(model), "--info", *KV_FLAGS], capture_output=True, text=True, check=True).stdout
     state = re.search(r"recurrent state: (\d+) bytes", out)
     kv = re.search(r"kv cache: (\d+) bytes per token", out)
     return int(state.group(1)) if state else 0, int(kv.group(1)) if kv else 0
@@ -183,7 +186,7 @@ def batch_kernel(model, dtype):
 
 def ours(model, threads, tokens, steps, *flags):
     r = subprocess.run([str(REPO / "run"), str(model), "--tokens", ",".join(map(str, tokens)), "-n", str(steps),
-                        "-t", "0", "--ids", "-T", str(threads), *flags], capture_output=True, text=True, check=True)
+                        "-t", "0", "--ids", "-T", str(threads), *KV_FLAGS, *flags], capture_output=True, text=True, check=True)
     m = re.search(r"prompt: \d+ tokens, ([\d.]+) tok/s \| generated: (\d+) tokens, ([\d.]+) tok/s", r.stderr)
     if not m:
         raise SystemExit(f"error: no stats line from ./run {model}: {r.stderr[-300:]}")
@@ -272,6 +275,8 @@ def main():
             decode_override = int(args.pop(0))
         elif a == "--context":
             context = int(args.pop(0))
+        elif a == "--kv-dtype":
+            KV_FLAGS[:] = ["--kv-dtype", args.pop(0)]
         elif a == "--create-only":
             create_only = True
         elif a == "--reps":
@@ -334,7 +339,7 @@ def main():
                 vocab = table(model)[0]["vocab"]
                 pre_paired, paired = measure(model, threads, prompt, decode, vocab, reps, context)
                 pre, dec = max(r for r, _ in pre_paired), max(r for r, _ in paired)  # the best reps
-                bench_line(f"{name}-{size}{f'-ctx{context}' if context else ''}", dtype, threads, prompt, pre, dec, total)
+                bench_line(f"{name}-{size}{f'-ctx{context}' if context else ''}{f'-kv{KV_FLAGS[1]}' if KV_FLAGS else ''}", dtype, threads, prompt, pre, dec, total)
                 rows.append(dict(size=size, name=name, dtype=dtype, prompt=prompt, prefill=pre, pre_paired=pre_paired, decode=dec, paired=paired,
                                  per_token=per_token, flops=flops, kernel=batch_kernel(model, dtype)))
         if l2c_dir and size in l2c_sizes and (sdir / "transformer").is_dir():
@@ -387,7 +392,7 @@ def main():
         r["paired_frac"], r["paired_gbs"] = rate * r["per_token"] / (probe_gbs * 1e9), probe_gbs
         pre_rate, probe_gflops = closest(r["pre_paired"])
         r["pre_paired_frac"], r["pre_paired_gflops"] = pre_rate * r["flops"] / 1e9 / probe_gflops, probe_gflops
-        print(f"ROOFLINE model={r['name']}-{r['size']}{f'-ctx{context}' if context else ''} dtype={r['dtype']} decode_tok_s={r['decode']:.2f} "
+        print(f"ROOFLINE model={r['name']}-{r['size']}{f'-ctx{context}' if context else ''}{f'-kv{KV_FLAGS[1]}' if KV_FLAGS else ''} dtype={r['dtype']} decode_tok_s={r['decode']:.2f} "
               f"read_bytes_per_token={r['per_token']} roofline_tok_s={roof:.2f} decode_fraction={r['roof_frac']:.2f} "
               f"paired_decode_fraction={r['paired_frac']:.2f} (rep {rate:.2f} tok/s, probes {probe_gbs:.1f} GB/s) "
               f"prefill_gflop_s={gflops:.1f} prefill_fraction_of_fma_peak={r['peak_frac']:.3f} "

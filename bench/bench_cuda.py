@@ -14,7 +14,9 @@ recurrent states read and written, and the KV cache's keys and values up to the 
 position, the mean over the decoded tokens), the achieved GB/s and its fraction of the copy
 bandwidth.
 
-Usage: python3 bench/bench_cuda.py [--prompt P] [--decode D] [--sizes 340M,1.3B] [--dtypes bf16,q8] [model-substring ...]
+Usage: python3 bench/bench_cuda.py [--prompt P] [--decode D] [--sizes 340M,1.3B] [--dtypes bf16,q8] [--kv-dtype T] [model-substring ...]
+  --kv-dtype T: ./run --kv-dtype T (fp32, the default, or bf16: the attention layers' KV cache; the bytes a
+                step moves count it in that type); rows named <model>-<size>-kv<T>
 """
 import os
 import re
@@ -29,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from paper_shape_check import random_checkpoint  # noqa: E402
 sys.path.insert(0, str(REPO / "bench"))
+import bench  # noqa: E402
 from bench import model_costs  # noqa: E402  (the bytes a decode step moves, as make bench counts them)
 WORK = REPO / "bench" / "models"
 SHAPES = {"340M": REPO / "tests" / "paper_shapes", "1.3B": REPO / "tests" / "paper_shapes_1.3B"}
@@ -55,7 +58,7 @@ def exported(job):
 def run(model, prompt, decode):
     ids = ",".join(str(1 + (i * 7919) % 31999) for i in range(prompt))
     r = subprocess.run([str(REPO / "run"), str(model), "--device", "cuda", "--tokens", ids, "-n", str(decode), "-t", "0",
-                        "--ids", "--ctx", str(prompt + decode + 8)], capture_output=True, text=True)
+                        "--ids", "--ctx", str(prompt + decode + 8), *bench.KV_FLAGS], capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"{model}: {r.stderr.strip()}")
     m = re.search(r"prompt: \d+ tokens, ([\d.]+) tok/s \| generated: \d+ tokens, ([\d.]+) tok/s", r.stderr)
@@ -94,6 +97,8 @@ def main():
             sizes = args.pop(0).split(",")
         elif a == "--dtypes":
             dtypes = args.pop(0).split(",")
+        elif a == "--kv-dtype":
+            bench.KV_FLAGS[:] = ["--kv-dtype", args.pop(0)]
         else:
             only.append(a)
     jobs = [(s, n, t) for s in sizes if SHAPES[s].exists() for n in MODELS if not only or any(o in n for o in only) for t in dtypes]
@@ -109,9 +114,10 @@ def main():
         run(model, 16, 4)  # warm-up: page cache
         pre, dec = run(model, prompt, decode)
         weights, per_token, _ = model_costs(model, prompt, decode, prompt)  # decode steps from position `prompt`
-        print(f"BENCH model={name}-{size} dtype={dtype} threads=1 prompt_tokens={prompt} prefill_tok_s={pre:.1f} "
+        label = f"{name}-{size}" + (f"-kv{bench.KV_FLAGS[1]}" if bench.KV_FLAGS else "")
+        print(f"BENCH model={label} dtype={dtype} threads=1 prompt_tokens={prompt} prefill_tok_s={pre:.1f} "
               f"decode_tok_s={dec:.2f} weight_bytes={weights}", flush=True)
-        rows.append((f"{name}-{size}", dtype, dec, per_token))
+        rows.append((label, dtype, dec, per_token))
     print(f"COPY_BANDWIDTH device_to_device_GB_s={copy_gbs:.0f} (bytes read + written)")
     for name, dtype, dec, per_token in rows:
         gbs = dec * per_token / 1e9
