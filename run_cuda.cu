@@ -1162,35 +1162,37 @@ __global__ void attention_prep_kernel(float *q, float *k, float *v, const float 
 #define ATT_SPLITS 32    // key ranges per (token, head) for one decoded token, merged after
 #define ATT_UNROLL 4     // key rows a lane group loads at once (keys and values all requested before any is used)
 #define MAX_HEAD_DIM 256
+#ifndef ATT_BF16_VALUES
+#define ATT_BF16_VALUES 8 // a bf16 cache's values a lane loads at a time (16 bytes, as fp32's float4), where hd % 8 == 0
+#endif
 static_assert(ATT_SPLITS <= ATT_WARPS * 32, "attention_merge: a thread per split");
-// W cache values a lane loads at a time, as floats: 16 (fp32) or 8 (bf16) bytes when the head dimension allows it
+// W floats of a lane: its part of a query row, and of the weighted sum of values
 template <int W> struct Floats { float v[W]; };
-template <int W> __device__ static Floats<W> load_floats(const float *p) {
-    Floats<W> r;
-    if constexpr (W == 4) {
-        float4 f = *reinterpret_cast<const float4 *>(p);
-        r.v[0] = f.x, r.v[1] = f.y, r.v[2] = f.z, r.v[3] = f.w;
-    } else {
-        r.v[0] = *p;
+/* W cache values as a lane loads them (one 16-, 8-, 4- or 2-byte load), kept packed in registers
+   until used: a bf16 pair is one 32-bit word whose halves widen by a shift and a mask (bf16 is the
+   high half of an fp32). So 8 bf16 values take the registers of 4 floats, and a lane has twice the
+   cache in flight per load with a bf16 cache (widened on loading, 8 values took 108 registers, not
+   64, and ran slower than fp32 on the H200). */
+template <int W, typename KV> struct CacheVec {
+    unsigned u[(W * (int)sizeof(KV) + 3) / 4];
+    __device__ float operator[](int i) const {
+        if constexpr (sizeof(KV) == 4) return __uint_as_float(u[i]);
+        else return __uint_as_float(i % 2 ? u[i / 2] & 0xffff0000u : u[i / 2] << 16);
     }
-    return r;
-}
-template <int W> __device__ static Floats<W> load_floats(const __nv_bfloat16 *p) {
-    Floats<W> r;
-    if constexpr (W == 8) {
-        uint4 u = *reinterpret_cast<const uint4 *>(p);
-        const unsigned words[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&words[i]));
-            r.v[2 * i] = f.x, r.v[2 * i + 1] = f.y;
-        }
-    } else if constexpr (W == 4) {
-        uint2 u = *reinterpret_cast<const uint2 *>(p);
-        float2 a = __bfloat1622float2(*reinterpret_cast<__nv_bfloat162 *>(&u.x)), b = __bfloat1622float2(*reinterpret_cast<__nv_bfloat162 *>(&u.y));
-        r.v[0] = a.x, r.v[1] = a.y, r.v[2] = b.x, r.v[3] = b.y;
+};
+template <int W, typename KV> __device__ static CacheVec<W, KV> load_cache(const KV *p) {
+    CacheVec<W, KV> r;
+    constexpr int bytes = W * (int)sizeof(KV);
+    if constexpr (bytes == 16) {
+        uint4 v = *reinterpret_cast<const uint4 *>(p);
+        r.u[0] = v.x, r.u[1] = v.y, r.u[2] = v.z, r.u[3] = v.w;
+    } else if constexpr (bytes == 8) {
+        uint2 v = *reinterpret_cast<const uint2 *>(p);
+        r.u[0] = v.x, r.u[1] = v.y;
+    } else if constexpr (bytes == 4) {
+        r.u[0] = *reinterpret_cast<const unsigned *>(p);
     } else {
-        r.v[0] = __bfloat162float(*p);
+        r.u[0] = *reinterpret_cast<const unsigned short *>(p); // one bf16, in the low half (operator[](0))
     }
     return r;
 }
@@ -1222,7 +1224,8 @@ __device__ static void attention_merge(float *o, const float *part, int n_splits
    (a prompt's tokens): the block writes o. Several (a decoded token): each block's
    (m, l, acc) goes to `partial`, and the last block of the (t, h) to finish merges them. */
 template <int W, int CH, typename KV>
-__global__ void attention_kernel(float *o, float *partial, int *done, const float *q, const KV *key_cache, const KV *value_cache,
+__global__ void __launch_bounds__(ATT_WARPS * 32, W * sizeof(KV) == 16 && CH == 1 ? 4 : 1) // 16-byte loads: 4 blocks an SM
+attention_kernel(float *o, float *partial, int *done, const float *q, const KV *key_cache, const KV *value_cache,
                                  const int *pos, int nq, int nkv, int hd, int window, int cap) {
     wait_for_inputs();
     int t = blockIdx.x, h = blockIdx.y, split = blockIdx.z, n_splits = gridDim.z, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -1243,7 +1246,7 @@ __global__ void attention_kernel(float *o, float *partial, int *done, const floa
     }
     float m = -INFINITY, l = 0.0f;
     for (int j0 = lo + warp * step; j0 < hi; j0 += ATT_WARPS * step) {
-        Floats<W> kr[ATT_UNROLL][CH], vr[ATT_UNROLL][CH];
+        CacheVec<W, KV> kr[ATT_UNROLL][CH], vr[ATT_UNROLL][CH];
 #pragma unroll
         for (int u = 0; u < ATT_UNROLL; u++) {
             int j = min(j0 + u * keys_per_row + group, hi - 1);
@@ -1251,8 +1254,8 @@ __global__ void attention_kernel(float *o, float *partial, int *done, const floa
 #pragma unroll
             for (int c = 0; c < CH; c++) {
                 int d = (c * L + gl) * W;
-                if (d < hd) kr[u][c] = load_floats<W>(key_cache + row + d), vr[u][c] = load_floats<W>(value_cache + row + d);
-                else kr[u][c] = vr[u][c] = Floats<W>{};
+                if (d < hd) kr[u][c] = load_cache<W>(key_cache + row + d), vr[u][c] = load_cache<W>(value_cache + row + d);
+                else kr[u][c] = vr[u][c] = CacheVec<W, KV>{};
             }
         }
         float s[ATT_UNROLL], mx = -INFINITY;
@@ -1262,7 +1265,7 @@ __global__ void attention_kernel(float *o, float *partial, int *done, const floa
 #pragma unroll
             for (int c = 0; c < CH; c++)
 #pragma unroll
-                for (int w = 0; w < W; w++) s[u] += qr[c].v[w] * kr[u][c].v[w];
+                for (int w = 0; w < W; w++) s[u] += qr[c].v[w] * kr[u][c][w];
             for (int o = L / 2; o > 0; o >>= 1) s[u] += __shfl_xor_sync(0xffffffffu, s[u], o);
             if (j0 + u * keys_per_row + group >= hi) s[u] = -INFINITY;
             mx = fmaxf(mx, s[u]);
@@ -1278,7 +1281,7 @@ __global__ void attention_kernel(float *o, float *partial, int *done, const floa
             for (int w = 0; w < W; w++) {
                 float a = acc[c].v[w] * c_old;
 #pragma unroll
-                for (int u = 0; u < ATT_UNROLL; u++) a += s[u] * vr[u][c].v[w];
+                for (int u = 0; u < ATT_UNROLL; u++) a += s[u] * vr[u][c][w];
                 acc[c].v[w] = a;
             }
         m = m_new;
@@ -1389,10 +1392,9 @@ static void attention_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     } else {
         dim3 grid(T, nq, T == 1 ? ATT_SPLITS : 1); // one token: spread its keys over more blocks
         if (gp->kv_bf16) {
-            // 16-byte loads, as fp32's: 8 values a lane (4, 8-byte loads, measured no faster than the fp32 cache)
             auto kernel = hd % 4 ? attention_kernel<1, MAX_HEAD_DIM / 32, __nv_bfloat16>
-                        : hd % 8 ? (hd > 128 ? attention_kernel<4, 2, __nv_bfloat16> : attention_kernel<4, 1, __nv_bfloat16>)
-                                 : attention_kernel<8, 1, __nv_bfloat16>;
+                        : hd % 8 || ATT_BF16_VALUES == 4 ? (hd > 128 ? attention_kernel<4, 2, __nv_bfloat16> : attention_kernel<4, 1, __nv_bfloat16>)
+                                 : attention_kernel<ATT_BF16_VALUES, 1, __nv_bfloat16>;
             launch(gp, kernel, grid, dim3(ATT_WARPS * 32), 0, gp->o, gp->att, gp->att_done, gp->q, (const __nv_bfloat16 *)gp->key_cache[l],
                    (const __nv_bfloat16 *)gp->value_cache[l], gp->pos_dev, nq, nkv, hd, c->attn_window, gp->kv_capacity);
         } else {

@@ -55,7 +55,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const Config *c = &m.c;
     // bounded work: the file is at most -max_len bytes, so the weights are small; skip absurd shapes anyway
     if (m.n_params <= 5000000 && (uint64_t)c->n_layers * c->dim <= 1 << 20) {
-        alloc_run_state(&s, &m, 8);
+        alloc_run_state(&s, &m, 8, size % 2 ? DTYPE_BF16 : DTYPE_F32); // both KV cache types
         have_state = 1;
         int tokens[2] = {0, c->vocab_size - 1};
         forward(&m, &s, tokens, 2, 1);           // the batched prompt path, all logits
