@@ -57,7 +57,7 @@ test: test-deps build
 
 asan: run_asan
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 HLA_RUN=$(CURDIR)/run_asan \
-	    $(PYTHON) -m pytest -q tests/test_fla_fixtures.py tests/test_bad_inputs.py tests/test_tokenizer.py tests/test_export_quirks.py tests/test_dtypes.py tests/test_tools.py
+	    $(PYTHON) -m pytest -q tests/test_fla_fixtures.py tests/test_bad_inputs.py tests/test_tokenizer.py tests/test_export_quirks.py tests/test_dtypes.py tests/test_tools.py tests/test_kv_cache.py
 
 # the paper's 340M shape for every kind, random weights (~0.7 GB of disk at a time, a few minutes)
 paper-shapes: build test-deps
@@ -83,7 +83,7 @@ bench: build test-deps bench/bandwidth bench/fma
 test-neon: test-deps
 	aarch64-linux-gnu-gcc -O3 -march=armv8.2-a+fp16 -static -Wall -Wextra -o run_arm64 run.c $(LDLIBS)
 	printf '#!/bin/sh\nexec qemu-aarch64 $(CURDIR)/run_arm64 "$$@"\n' > run_arm64.sh && chmod +x run_arm64.sh
-	HLA_RUN=$(CURDIR)/run_arm64.sh $(PYTHON) -m pytest -q tests/test_fla_fixtures.py tests/test_dtypes.py
+	HLA_RUN=$(CURDIR)/run_arm64.sh $(PYTHON) -m pytest -q tests/test_fla_fixtures.py tests/test_dtypes.py tests/test_kv_cache.py
 
 # the OpenBLAS build (make BLAS=1: prompt batches through sgemm) against the fla fixtures
 test-blas: test-deps
