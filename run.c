@@ -3666,7 +3666,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: run MODEL.bin [options]\n"
             "  -z FILE        tokenizer.bin (default: tokenizer.bin)\n"
-            "  -i TEXT        prompt text\n"
+            "  -i TEXT        prompt text             -f FILE  prompt text from a file\n"
             "  --tokens IDS   prompt as comma-separated token ids (e.g. 1,415,2936)\n"
             "  -n N           tokens to generate (default 256)\n"
             "  -t T           temperature (default 1.0; 0 = greedy)\n"
@@ -3854,6 +3854,13 @@ int main(int argc, char **argv) {
     }
 
     if (!model_path) usage();
+    if (!!prompt + !!text_file + !!token_list + !!tokens_file + !!ppl_file > 1)
+        fatal("give one text to run: -i, -f, --tokens, --tokens-file or --ppl");
+    if (text_file) { // -f FILE: the prompt's text from a file
+        size_t n;
+        prompt = read_text_file(text_file, &n);
+        if (strlen(prompt) != n) fatal("%s: a NUL byte in the prompt file", text_file);
+    }
 #ifdef USE_OPENBLAS
     openblas_set_num_threads(1); // our threads share the blocks of a product (matmul_blas)
 #endif

@@ -111,8 +111,22 @@ def test_logits_that_are_not_finite_stop_generation_with_an_error(options, tmp_p
 
 
 def test_bad_option_values(exported):
-    for args in (["-n", "-3"], ["-t", "abc"], ["-p", "2"], ["-T", "0"], ["--ctx", "0"]):
+    for args in (["-n", "-3"], ["-t", "abc"], ["-p", "2"], ["-T", "0"], ["--ctx", "0"], ["--kv-dtype", "fp16"]):
         assert_clean_error(run_tool(exported(GOOD), "--tokens", "1", *args, check=False))
+
+
+def test_two_texts_or_a_bad_prompt_file_are_refused(exported, tmp_path):
+    """one text to run: two of -i, -f, --tokens, --tokens-file, --ppl were taken one over the
+    other, silently (and -f was read only by --tokenize)"""
+    text = tmp_path / "p.txt"
+    text.write_text("abc")
+    for args in (["-i", "x", "--tokens", "1"], ["-f", text, "-i", "x"], ["--tokens", "1", "--ppl", text],
+                 ["--tokens-file", text, "--tokens", "1"]):
+        assert_clean_error(run_tool(exported(GOOD), *args, check=False), "give one text")
+    nul = tmp_path / "nul.txt"
+    nul.write_bytes(b"a\0b")
+    assert_clean_error(run_tool(exported(GOOD), "-f", nul, check=False), "nul.txt")
+    assert_clean_error(run_tool(exported(GOOD), "-f", tmp_path / "missing.txt", check=False), "missing.txt")
 
 
 # ---- export.py on broken checkpoint directories --------------------------------

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import FIXTURES, run_tool
+from conftest import FIXTURES, REPO, run_tool
 
 
 def ids_file(tmp_path, ids):
@@ -159,3 +159,14 @@ def test_top_p_and_top_k_draw_only_from_their_cut(tmp_path):
         mass = sum(p[i] for i in nucleus)
         likely = {i for i in nucleus if p[i] / mass >= 0.05}  # each drawn by one of 120 seeds but for odds ~0.2%
         assert likely <= drawn, (top_p, top_k, sorted(likely - drawn))
+
+
+def test_prompt_from_a_file_equals_the_same_text_given_with_i(tmp_path):
+    """-f FILE: the prompt's text read from a file, as it is (a trailing newline included)"""
+    demo, tok = REPO / "models" / "shakespeare_gdn.bin", REPO / "tokenizer.bin"
+    text = "ROMEO:\nWhat light"
+    f = tmp_path / "prompt.txt"
+    f.write_text(text)
+    a = run_tool(demo, "-z", tok, "-f", f, "-n", 8, "-t", 0, "--ids", "--quiet").stdout
+    b = run_tool(demo, "-z", tok, "-i", text, "-n", 8, "-t", 0, "--ids", "--quiet").stdout
+    assert a == b and len(a.split()) == 8
