@@ -1162,9 +1162,6 @@ __global__ void attention_prep_kernel(float *q, float *k, float *v, const float 
 #define ATT_SPLITS 32    // key ranges per (token, head) for one decoded token, merged after
 #define ATT_UNROLL 4     // key rows a lane group loads at once (keys and values all requested before any is used)
 #define MAX_HEAD_DIM 256
-#ifndef ATT_BF16_VALUES
-#define ATT_BF16_VALUES 8 // a bf16 cache's values a lane loads at a time (16 bytes, as fp32's float4), where hd % 8 == 0
-#endif
 static_assert(ATT_SPLITS <= ATT_WARPS * 32, "attention_merge: a thread per split");
 // W floats of a lane: its part of a query row, and of the weighted sum of values
 template <int W> struct Floats { float v[W]; };
@@ -1215,8 +1212,8 @@ __device__ static void attention_merge(float *o, const float *part, int n_splits
 }
 
 /* Block (t, h, split) takes its share of the keys. A key row is read by a group of L lanes
-   (L = hd / W rounded up to a power of two, at most 32; each lane W floats at a time, CH
-   times), so a warp reads 32 / L keys side by side and ATT_UNROLL such rows of keys and of
+   (L = hd / W rounded up to a power of two, at most 32; each lane W cache values at a time,
+   CH times: KV = float or __nv_bfloat16, the cache's type), so a warp reads 32 / L keys side by side and ATT_UNROLL such rows of keys and of
    values at once before using any: the loads of a decoded token's cache, the one large
    read of an attention layer, are all in flight together. The warp's keys fold into an
    online softmax (running max m, sum l, weighted values acc, the same in every lane); the
@@ -1392,9 +1389,10 @@ static void attention_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     } else {
         dim3 grid(T, nq, T == 1 ? ATT_SPLITS : 1); // one token: spread its keys over more blocks
         if (gp->kv_bf16) {
+            // 8 values a lane (16-byte loads, as fp32's 4) where the head dimension allows it
             auto kernel = hd % 4 ? attention_kernel<1, MAX_HEAD_DIM / 32, __nv_bfloat16>
-                        : hd % 8 || ATT_BF16_VALUES == 4 ? (hd > 128 ? attention_kernel<4, 2, __nv_bfloat16> : attention_kernel<4, 1, __nv_bfloat16>)
-                                 : attention_kernel<ATT_BF16_VALUES, 1, __nv_bfloat16>;
+                        : hd % 8 ? (hd > 128 ? attention_kernel<4, 2, __nv_bfloat16> : attention_kernel<4, 1, __nv_bfloat16>)
+                                 : attention_kernel<8, 1, __nv_bfloat16>;
             launch(gp, kernel, grid, dim3(ATT_WARPS * 32), 0, gp->o, gp->att, gp->att_done, gp->q, (const __nv_bfloat16 *)gp->key_cache[l],
                    (const __nv_bfloat16 *)gp->value_cache[l], gp->pos_dev, nq, nkv, hd, c->attn_window, gp->kv_capacity);
         } else {
