@@ -2188,15 +2188,15 @@ static void attention_blocks(void *arg, int thread, int nt) {
     int v_first = first_key(c, j->pos), v_keys = n_max - v_first; // the keys any query of the batch sees
     float *scores = malloc(sizeof(float) * TILE_TOKENS * n_max), *packed = malloc(sizeof(float) * hd * TILE_TOKENS),
           *o_tile = malloc(sizeof(float) * hd * TILE_TOKENS), *v_packed = malloc(sizeof(float) * hd * v_keys),
-          *k_head = malloc(sizeof(float) * hd * v_keys), *v_row = malloc(sizeof(float) * hd);
-    if (!scores || !packed || !o_tile || !v_packed || !k_head || !v_row) fatal("out of memory");
+          *k_head = malloc(sizeof(float) * hd * v_keys);
+    if (!scores || !packed || !o_tile || !v_packed || !k_head) fatal("out of memory");
     for (int h = thread; h < c->attn_heads; h += nt) { // a head at a time: its K and V as fp32 once for all its blocks
         size_t offset = (size_t)(h / group) * hd;
         for (int i = 0; i < v_keys; i++) {
             kv_load(j->s, k_head + (size_t)i * hd, j->ls->key_cache, v_first + i, kvd, offset, hd);
-            kv_load(j->s, v_row, j->ls->value_cache, v_first + i, kvd, offset, hd);
             for (int g = 0; g < hd / TILE_TOKENS; g++)
-                memcpy(v_packed + ((size_t)g * v_keys + i) * TILE_TOKENS, v_row + (size_t)g * TILE_TOKENS, sizeof(float) * TILE_TOKENS);
+                kv_load(j->s, v_packed + ((size_t)g * v_keys + i) * TILE_TOKENS, j->ls->value_cache, v_first + i, kvd,
+                        offset + (size_t)g * TILE_TOKENS, TILE_TOKENS);
         }
         for (int t0 = 0; t0 < j->T; t0 += TILE_TOKENS)
             attention_block(j, h, t0, j->T - t0 < TILE_TOKENS ? j->T - t0 : TILE_TOKENS, scores, packed, o_tile, k_head, v_packed,
@@ -2207,7 +2207,6 @@ static void attention_blocks(void *arg, int thread, int nt) {
     free(o_tile);
     free(v_packed);
     free(k_head);
-    free(v_row);
 }
 
 // RoPE on the batch's queries and keys, and the keys and values into the cache, tokens t = thread, thread + nt, ...

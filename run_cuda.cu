@@ -1368,41 +1368,38 @@ static void attention_gemm(Gpu *gp, int l, int T) {
                                              (long long)group * hd, nkv));
 }
 
-static void attention_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
+// RoPE and the cache append, then the attention itself, for a cache of KV values (float, or bf16 with --kv-dtype bf16)
+template <typename KV> static void attention_on_cache(Gpu *gp, const LayerWeights *w, int l, int T) {
     const Config *c = &gp->m->c;
     int hd = c->attn_head_dim, nq = c->attn_heads, nkv = c->attn_kv_heads;
-    GemvJob in[3] = {{w->q_proj, gp->q, OUT_STORE}, {w->k_proj, gp->k, OUT_STORE}, {w->v_proj, gp->v, OUT_STORE}};
-    matmul(gp, gp->x, c->dim, rms(w->attn_norm, c->norm_eps), T, in, 3);
-    mark(gp, "projections");
-    dim3 prep_grid(((nq + nkv) * hd / 2 + 255) / 256, T);
-    if (gp->kv_bf16)
-        launch(gp, attention_prep_kernel<__nv_bfloat16>, prep_grid, dim3(256), 0, gp->q, gp->k, gp->v, w->q_bias, w->k_bias, w->v_bias,
-               (__nv_bfloat16 *)gp->key_cache[l], (__nv_bfloat16 *)gp->value_cache[l], gp->pos_dev, nq, nkv, hd, gp->kv_capacity,
-               gp->rope_inv_freq_attn);
-    else
-        launch(gp, attention_prep_kernel<float>, prep_grid, dim3(256), 0, gp->q, gp->k, gp->v, w->q_bias, w->k_bias, w->v_bias,
-               (float *)gp->key_cache[l], (float *)gp->value_cache[l], gp->pos_dev, nq, nkv, hd, gp->kv_capacity, gp->rope_inv_freq_attn);
+    launch(gp, attention_prep_kernel<KV>, dim3(((nq + nkv) * hd / 2 + 255) / 256, T), dim3(256), 0, gp->q, gp->k, gp->v, w->q_bias,
+           w->k_bias, w->v_bias, (KV *)gp->key_cache[l], (KV *)gp->value_cache[l], gp->pos_dev, nq, nkv, hd, gp->kv_capacity,
+           gp->rope_inv_freq_attn);
     LAUNCH_CHECK();
     if (T > 1 && gp->scores && gp->step_pos + T <= gp->kv_capacity) {
         attention_gemm(gp, l, T);
-        mark(gp, "attention");
     } else {
-        dim3 grid(T, nq, T == 1 ? ATT_SPLITS : 1); // one token: spread its keys over more blocks
-        if (gp->kv_bf16) {
-            // 8 values a lane (16-byte loads, as fp32's 4) where the head dimension allows it
-            auto kernel = hd % 4 ? attention_kernel<1, MAX_HEAD_DIM / 32, __nv_bfloat16>
-                        : hd % 8 ? (hd > 128 ? attention_kernel<4, 2, __nv_bfloat16> : attention_kernel<4, 1, __nv_bfloat16>)
-                                 : attention_kernel<8, 1, __nv_bfloat16>;
-            launch(gp, kernel, grid, dim3(ATT_WARPS * 32), 0, gp->o, gp->att, gp->att_done, gp->q, (const __nv_bfloat16 *)gp->key_cache[l],
-                   (const __nv_bfloat16 *)gp->value_cache[l], gp->pos_dev, nq, nkv, hd, c->attn_window, gp->kv_capacity);
-        } else {
-            auto kernel = hd % 4 ? attention_kernel<1, MAX_HEAD_DIM / 32, float> : hd > 128 ? attention_kernel<4, 2, float> : attention_kernel<4, 1, float>;
-            launch(gp, kernel, grid, dim3(ATT_WARPS * 32), 0, gp->o, gp->att, gp->att_done, gp->q, (const float *)gp->key_cache[l],
-                   (const float *)gp->value_cache[l], gp->pos_dev, nq, nkv, hd, c->attn_window, gp->kv_capacity);
-        }
+        // 16-byte loads, 4 fp32 or 8 bf16 values a lane, where the head dimension allows it
+        constexpr int W16 = 16 / (int)sizeof(KV);
+        auto kernel = hd % 4 ? attention_kernel<1, MAX_HEAD_DIM / 32, KV>
+                    : hd % W16 == 0 && hd <= 32 * W16 ? attention_kernel<W16, 1, KV>
+                    : hd > 128 ? attention_kernel<4, 2, KV> : attention_kernel<4, 1, KV>;
+        // (one decoded token: its keys spread over ATT_SPLITS blocks)
+        launch(gp, kernel, dim3(T, nq, T == 1 ? ATT_SPLITS : 1), dim3(ATT_WARPS * 32), 0, gp->o, gp->att, gp->att_done, gp->q,
+               (const KV *)gp->key_cache[l], (const KV *)gp->value_cache[l], gp->pos_dev, nq, nkv, hd, c->attn_window, gp->kv_capacity);
         LAUNCH_CHECK();
-        mark(gp, "attention");
     }
+    mark(gp, "attention");
+}
+
+static void attention_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
+    const Config *c = &gp->m->c;
+    int hd = c->attn_head_dim, nq = c->attn_heads;
+    GemvJob in[3] = {{w->q_proj, gp->q, OUT_STORE}, {w->k_proj, gp->k, OUT_STORE}, {w->v_proj, gp->v, OUT_STORE}};
+    matmul(gp, gp->x, c->dim, rms(w->attn_norm, c->norm_eps), T, in, 3);
+    mark(gp, "projections");
+    if (gp->kv_bf16) attention_on_cache<__nv_bfloat16>(gp, w, l, T);
+    else attention_on_cache<float>(gp, w, l, T);
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
     matmul(gp, gp->o, nq * hd, Prologue{NORM_NONE}, T, &out, 1);
     mark(gp, "projections");

@@ -40,6 +40,7 @@ Usage: python3 bench/bench.py [--threads N] [--sizes 340M,1.3B] [--shapes SIZE=D
   --kv-dtype T: every run with ./run --kv-dtype T (fp32 or bf16: the attention layers' KV cache;
                the roofline counts its bytes in that type); rows named <model>-<size>-kv<T>
 """
+import functools
 import hashlib
 import os
 import re
@@ -135,9 +136,15 @@ def table(model):
     return c, tensors
 
 
+@functools.lru_cache(maxsize=None)
+def run_info(model):
+    """./run MODEL --info (with --kv-dtype as set), once per model"""
+    return subprocess.run([str(REPO / "run"), str(model), "--info", *KV_FLAGS], capture_output=True, text=True, check=True).stdout
+
+
 def state_and_kv_bytes(model):
     """the recurrent state's bytes and the KV cache's bytes per token of context, as ./run --info says"""
-    out = subprocess.run([str(REPO / "run"), str(model), "--info", *KV_FLAGS], capture_output=True, text=True, check=True).stdout
+    out = run_info(model)
     state = re.search(r"recurrent state: (\d+) bytes", out)
     kv = re.search(r"kv cache: (\d+) bytes per token", out)
     return int(state.group(1)) if state else 0, int(kv.group(1)) if kv else 0
@@ -174,7 +181,7 @@ def model_costs(model, prompt, decode, first=1):
 
 def batch_kernel(model, dtype):
     """which kernel ./run --info says a prompt batch of this dtype goes through"""
-    info = subprocess.run([str(REPO / "run"), str(model), "--info"], capture_output=True, text=True).stdout
+    info = run_info(model)
     if dtype in ("bf16", "q8") and "AMX tiles" in info:
         return "amx"
     if dtype == "bf16" and "AVX512-BF16 for bf16" in info:

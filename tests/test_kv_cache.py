@@ -2,14 +2,14 @@
 they are appended, widened to fp32 as attention reads them), against fla's fp32 logits with a
 stated tolerance, the prompt path against one token at a time, long contexts where a decoded
 token's keys are split between threads, saved states, and the memory --info reports."""
-import json
 import re
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
-from conftest import FIXTURES, run_tool
+from conftest import run_tool
+from test_fla_fixtures import DEEP_TOL, expected, tolerance
+from test_fla_fixtures import our_logits as logits
 
 # every fixture with attention layers that the fp32 cache matches to 1e-4 (2-3 layers) or 1e-3
 # (24 layers, whose random weights amplify any rounding), and the hybrids' layouts
@@ -21,15 +21,14 @@ CASES = ["transformer", "transformer_swa_bias_tied", "transformer_hd6_gqa", "gat
 TOLERANCE = {"shallow": 5e-3, "deep": 4e-2}
 
 
-def logits(model, tokens, tmp_path, *flags):
-    out = tmp_path / "l.f32"
-    run_tool(model, "--tokens", ",".join(map(str, tokens)), "--logits", out, *flags)
-    return np.fromfile(out, np.float32).reshape(len(tokens), -1)
+def kv_tolerance(name):
+    """the bound for a fixture: deep where test_fla_fixtures bounds its fp32 logits as deep"""
+    return TOLERANCE["deep" if tolerance(name) == DEEP_TOL else "shallow"]
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_bf16_cache_against_fla_fp32(name, exported, tmp_path):
-    e = load_file(str(FIXTURES / name / "expected.safetensors"))
+    e = expected(name)
     toks = e["tokens_long"]
     got = {mode: logits(exported(name), toks, tmp_path, "--kv-dtype", "bf16", *flags)
            for mode, flags in (("batched", []), ("one_by_one", ["--one-by-one"]))}
@@ -39,8 +38,7 @@ def test_bf16_cache_against_fla_fp32(name, exported, tmp_path):
     fp32_diff = float(np.abs(fp32 - e["logits_long_decode"]).max()) / scale
     print(f"{name}: max|diff| / max|logit| from fla fp32, bf16 cache {diff['batched']:.2e} (one by one "
           f"{diff['one_by_one']:.2e}), fp32 cache {fp32_diff:.2e}")
-    deep = int(json.loads((FIXTURES / name / "config.json").read_text())["num_hidden_layers"]) > 3
-    assert max(diff.values()) <= TOLERANCE["deep" if deep else "shallow"]
+    assert max(diff.values()) <= kv_tolerance(name)
     assert max(diff.values()) > 10 * fp32_diff  # the cache really is rounded
     # both paths round the same keys and values (computed in fp32 apart by rounding, which can
     # land on either side of a bf16 step): the same logits up to that
