@@ -18,7 +18,7 @@
      per group of 64 as at one token and each group summed exactly); the recurrences then run token
      by token inside one kernel per layer with the state in registers; attention for all
      prompt tokens at once.
-   - Recurrences: one warp owns ROWS rows of a head's state (value channels), each lane
+   - Recurrences: one warp owns SCAN_ROWS (DELTA_ROWS) rows of a head's state (value channels), each lane
      dk/32 columns of them, in registers, for the whole prompt; per token only q, k, v and the
      gates are read.
    - Sampling: when generating, the logits stay on the device and one block picks the token
@@ -36,7 +36,9 @@
 #include <type_traits>
 
 #define GPU_MAX_BATCH 1024 // prompt tokens per forward (run.c's MAX_BATCH is 128)
-#define ROWS 4             // state rows (value channels) per warp in the recurrences
+#define SCAN_ROWS 4        // state rows (value channels) per warp in HGRN2's, GLA's and RetNet's recurrence
+#define DELTA_ROWS 2       // ... in DeltaNet's and GatedDeltaNet's (2 rather than 4: decode +0.5% at 1.3B, +2.4% at
+                           // 340M, prompts +1-8%; linear_scan_kernel measured 1% slower at 2; gemv log section 29)
 #define MAX_GEMV_JOBS 6
 
 #define CUDA_CHECK(call) cuda_check((call), #call, __LINE__)
@@ -1441,20 +1443,20 @@ static void hgrn_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     mark(gp, "projections");
 }
 
-/* The matrix-state recurrences. A warp owns ROWS rows of one head's state S (row e = value
+/* The matrix-state recurrences. A warp owns R rows (SCAN_ROWS or DELTA_ROWS) of one head's state S (row e = value
    channel e, dk columns), lane i holding columns i, i+32, ... in registers, and walks the
    tokens. KPL = columns per lane (dk <= 32 KPL). */
-template <int KPL> struct StateRows {
-    float s[ROWS][KPL];
+template <int KPL, int R> struct StateRows {
+    float s[R][KPL];
     __device__ void load(const float *S, int e0, int dv, int dk, int lane) {
 #pragma unroll
-        for (int r = 0; r < ROWS; r++)
+        for (int r = 0; r < R; r++)
 #pragma unroll
             for (int i = 0; i < KPL; i++) { int col = lane + 32 * i; s[r][i] = e0 + r < dv && col < dk ? S[(size_t)(e0 + r) * dk + col] : 0.0f; }
     }
     __device__ void store(float *S, int e0, int dv, int dk, int lane) const {
 #pragma unroll
-        for (int r = 0; r < ROWS; r++)
+        for (int r = 0; r < R; r++)
 #pragma unroll
             for (int i = 0; i < KPL; i++) { int col = lane + 32 * i; if (e0 + r < dv && col < dk) S[(size_t)(e0 + r) * dk + col] = s[r][i]; }
     }
@@ -1463,10 +1465,10 @@ template <int KPL> __device__ static void load_cols(float *dst, const float *src
 #pragma unroll
     for (int i = 0; i < KPL; i++) { int col = lane + 32 * i; dst[i] = col < dk ? src[col] : 0.0f; }
 }
-// ROWS dot products of the state rows with one vector, reduced over the warp together
-template <int KPL> __device__ static void row_dots(const StateRows<KPL> &S, const float *vec, float *out) {
+// R dot products of the state rows with one vector, reduced over the warp together
+template <int KPL, int R> __device__ static void row_dots(const StateRows<KPL, R> &S, const float *vec, float *out) {
 #pragma unroll
-    for (int r = 0; r < ROWS; r++) {
+    for (int r = 0; r < R; r++) {
         float d = 0.0f;
 #pragma unroll
         for (int i = 0; i < KPL; i++) d += S.s[r][i] * vec[i];
@@ -1475,7 +1477,7 @@ template <int KPL> __device__ static void row_dots(const StateRows<KPL> &S, cons
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1)
 #pragma unroll
-        for (int r = 0; r < ROWS; r++) out[r] += __shfl_xor_sync(0xffffffffu, out[r], o);
+        for (int r = 0; r < R; r++) out[r] += __shfl_xor_sync(0xffffffffu, out[r], o);
 }
 
 /* HGRN2, GLA and RetNet share one recurrence (run.c writes it in each layer):
@@ -1490,27 +1492,27 @@ struct ScanArgs {
     float out_scale;
 };
 template <int KPL> __global__ void linear_scan_kernel(ScanArgs p) {
-    int lane = threadIdx.x & 31, warps_per_head = (p.dv + ROWS - 1) / ROWS;
-    int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), sh = gw / warps_per_head, e0 = (gw % warps_per_head) * ROWS;
+    int lane = threadIdx.x & 31, warps_per_head = (p.dv + SCAN_ROWS - 1) / SCAN_ROWS;
+    int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), sh = gw / warps_per_head, e0 = (gw % warps_per_head) * SCAN_ROWS;
     if (sh >= p.n_state) { wait_for_inputs(); return; }
     int kh = sh / p.k_div;
     float *S0 = p.state + (size_t)sh * p.dv * p.dk;
-    StateRows<KPL> S;
+    StateRows<KPL, SCAN_ROWS> S;
     S.load(S0, e0, p.dv, p.dk, lane); // before the wait: only this layer's scan a step ago wrote it
     wait_for_inputs();
-    float k[KPL], a[KPL], v[ROWS], q[KPL], dots[ROWS]; // token t's inputs, fetched while t-1 runs
+    float k[KPL], a[KPL], v[SCAN_ROWS], q[KPL], dots[SCAN_ROWS]; // token t's inputs, fetched while t-1 runs
     auto fetch = [&](int t, float *kk, float *aa, float *vv) {
         load_cols<KPL>(kk, p.k + t * p.ld_k + (size_t)kh * p.dk, p.dk, lane);
         load_cols<KPL>(aa, p.a + t * p.ld_a + (size_t)(p.k_div == 1 ? kh : sh) * p.dk, p.dk, lane);
 #pragma unroll
-        for (int r = 0; r < ROWS; r++) vv[r] = e0 + r < p.dv ? p.v[t * p.ld_v + (size_t)kh * p.dv + e0 + r] : 0.0f;
+        for (int r = 0; r < SCAN_ROWS; r++) vv[r] = e0 + r < p.dv ? p.v[t * p.ld_v + (size_t)kh * p.dv + e0 + r] : 0.0f;
     };
     fetch(0, k, a, v);
     for (int t = 0; t < p.T; t++) {
-        float kn[KPL], an[KPL], vn[ROWS];
+        float kn[KPL], an[KPL], vn[SCAN_ROWS];
         if (t + 1 < p.T) fetch(t + 1, kn, an, vn);
 #pragma unroll
-        for (int r = 0; r < ROWS; r++)
+        for (int r = 0; r < SCAN_ROWS; r++)
 #pragma unroll
             for (int i = 0; i < KPL; i++) S.s[r][i] = a[i] * S.s[r][i] + k[i] * v[r];          // S = diag(a) S + k v^T
         for (int qi = 0; qi < p.q_per_state; qi++) {
@@ -1518,14 +1520,14 @@ template <int KPL> __global__ void linear_scan_kernel(ScanArgs p) {
             load_cols<KPL>(q, p.q + t * p.ld_q + (size_t)qh * p.dk, p.dk, lane);
             row_dots<KPL>(S, q, dots);                                                      // o = S^T q
 #pragma unroll
-            for (int r = 0; r < ROWS; r++)
+            for (int r = 0; r < SCAN_ROWS; r++)
                 if (lane == r && e0 + r < p.dv) p.o[t * p.ld_o + (size_t)qh * p.dv + e0 + r] = dots[r] * p.out_scale;
         }
         if (t + 1 < p.T) {
 #pragma unroll
             for (int i = 0; i < KPL; i++) { k[i] = kn[i]; a[i] = an[i]; }
 #pragma unroll
-            for (int r = 0; r < ROWS; r++) v[r] = vn[r];
+            for (int r = 0; r < SCAN_ROWS; r++) v[r] = vn[r];
         }
     }
     S.store(S0, e0, p.dv, p.dk, lane);
@@ -1574,17 +1576,17 @@ __device__ static float2 delta_gates(const DeltaArgs &p, float b, float a, int j
     float beta = p.has_beta ? sigmoid(b) : 1.0f;
     return make_float2(p.flags & FLAG_NEG_EIGVAL ? 2.0f * beta : beta, p.A_log ? expf(-expf(p.A_log[j]) * softplus(a + p.dt_bias[j])) : 1.0f);
 }
-// one token on a warp's ROWS rows (alpha = 1 without the gate; S * 1 is S exactly)
-template <int KPL> __device__ static void delta_token(StateRows<KPL> &S, const float *k, const float *q, const float *v, float alpha, float beta,
+// one token on a warp's DELTA_ROWS rows (alpha = 1 without the gate; S * 1 is S exactly)
+template <int KPL> __device__ static void delta_token(StateRows<KPL, DELTA_ROWS> &S, const float *k, const float *q, const float *v, float alpha, float beta,
                                                       float *o) {
-    float dots[ROWS];
+    float dots[DELTA_ROWS];
 #pragma unroll
-    for (int r = 0; r < ROWS; r++)
+    for (int r = 0; r < DELTA_ROWS; r++)
 #pragma unroll
         for (int i = 0; i < KPL; i++) S.s[r][i] *= alpha;                                  // S = alpha S
     row_dots<KPL>(S, k, dots);
 #pragma unroll
-    for (int r = 0; r < ROWS; r++) {
+    for (int r = 0; r < DELTA_ROWS; r++) {
         float u = v[r] - dots[r];                                                           // u = v - S^T k
 #pragma unroll
         for (int i = 0; i < KPL; i++) S.s[r][i] += beta * u * k[i];                       // S += k (beta u)^T
@@ -1592,44 +1594,44 @@ template <int KPL> __device__ static void delta_token(StateRows<KPL> &S, const f
     row_dots<KPL>(S, q, o);                                                                 // o = S^T q
 }
 template <int KPL> __global__ void delta_scan_kernel(DeltaArgs p) {
-    int lane = threadIdx.x & 31, warps_per_head = (p.dv + ROWS - 1) / ROWS;
-    int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), j = gw / warps_per_head, e0 = (gw % warps_per_head) * ROWS;
+    int lane = threadIdx.x & 31, warps_per_head = (p.dv + DELTA_ROWS - 1) / DELTA_ROWS;
+    int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), j = gw / warps_per_head, e0 = (gw % warps_per_head) * DELTA_ROWS;
     if (j >= p.nv) { wait_for_inputs(); return; }
     int qk = j / p.group;
     float *S0 = p.state + (size_t)j * p.dv * p.dk;
-    StateRows<KPL> S;
+    StateRows<KPL, DELTA_ROWS> S;
     S.load(S0, e0, p.dv, p.dk, lane); // before the wait: only this layer's scan a step ago wrote it
     wait_for_inputs();
-    float k[KPL], q[KPL], v[ROWS], b, a, dots[ROWS]; // token t's projections, fetched while t-1 runs
+    float k[KPL], q[KPL], v[DELTA_ROWS], b, a, dots[DELTA_ROWS]; // token t's projections, fetched while t-1 runs
     auto fetch = [&](int t, float *kk, float *qq, float *vv, float &bb, float &aa) {
         load_cols<KPL>(kk, p.k + t * p.ld_qk + (size_t)qk * p.dk, p.dk, lane);
         load_cols<KPL>(qq, p.q + t * p.ld_qk + (size_t)qk * p.dk, p.dk, lane);
 #pragma unroll
-        for (int r = 0; r < ROWS; r++) vv[r] = e0 + r < p.dv ? p.v[t * p.ld_v + (size_t)j * p.dv + e0 + r] : 0.0f;
+        for (int r = 0; r < DELTA_ROWS; r++) vv[r] = e0 + r < p.dv ? p.v[t * p.ld_v + (size_t)j * p.dv + e0 + r] : 0.0f;
         bb = p.has_beta || p.prepared ? p.beta[(size_t)t * p.nv + j] : 0.0f;
         aa = p.A_log ? p.alpha[(size_t)t * p.nv + j] : 0.0f;
     };
     fetch(0, k, q, v, b, a);
     for (int t = 0; t < p.T; t++) {
-        float kn[KPL], qn[KPL], vn[ROWS], b_n, a_n;
+        float kn[KPL], qn[KPL], vn[DELTA_ROWS], b_n, a_n;
         if (t + 1 < p.T) fetch(t + 1, kn, qn, vn, b_n, a_n);
         float2 g = make_float2(b, p.A_log ? a : 1.0f); // (beta, alpha)
         if (!p.prepared) {
             delta_qk<KPL>(p, q, k, lane);
             if (!p.had_conv)
 #pragma unroll
-                for (int r = 0; r < ROWS; r++) v[r] = silu(v[r]);
+                for (int r = 0; r < DELTA_ROWS; r++) v[r] = silu(v[r]);
             g = delta_gates(p, b, a, j);
         }
         delta_token<KPL>(S, k, q, v, g.y, g.x, dots);
 #pragma unroll
-        for (int r = 0; r < ROWS; r++)
+        for (int r = 0; r < DELTA_ROWS; r++)
             if (lane == r && e0 + r < p.dv) p.o[t * p.ld_v + (size_t)j * p.dv + e0 + r] = dots[r];
         if (t + 1 < p.T) {
 #pragma unroll
             for (int i = 0; i < KPL; i++) { k[i] = kn[i]; q[i] = qn[i]; }
 #pragma unroll
-            for (int r = 0; r < ROWS; r++) v[r] = vn[r];
+            for (int r = 0; r < DELTA_ROWS; r++) v[r] = vn[r];
             b = b_n;
             a = a_n;
         }
@@ -1712,7 +1714,7 @@ static void hgrn2_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     LAUNCH_CHECK();
     ScanArgs s = {gp->state[l], gp->q, gp->k, gp->v, gp->a, gp->o, T, nh, dk, dv, 1, 1,
                   (size_t)F, (size_t)F, (size_t)Dv, (size_t)F, (size_t)Dv, 1.0f};
-    launch_scan(gp, dk, nh * ((dv + ROWS - 1) / ROWS), s);
+    launch_scan(gp, dk, nh * ((dv + SCAN_ROWS - 1) / SCAN_ROWS), s);
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
     mark(gp, "conv, gates, recurrence");
     matmul(gp, gp->o, Dv, group_norm(w->out_norm, nullptr, Dv, c->out_norm_eps), T, &out, 1);
@@ -1755,7 +1757,7 @@ static void gla_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     LAUNCH_CHECK();
     ScanArgs s = {gp->state[l], gp->q, gp->k, gp->v, gp->f, gp->o, T, nk, dk, dv, 1, nq / nk,
                   (size_t)Dq, (size_t)Dk, (size_t)Dv, (size_t)Dk, (size_t)Do, 1.0f};
-    launch_scan(gp, dk, nk * ((dv + ROWS - 1) / ROWS), s);
+    launch_scan(gp, dk, nk * ((dv + SCAN_ROWS - 1) / SCAN_ROWS), s);
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
     mark(gp, "conv, gates, recurrence");
     matmul(gp, gp->o, Do, group_norm(w->out_norm, w->g_proj.data ? gp->g : nullptr, dv, c->norm_eps), T, &out, 1);
@@ -1790,7 +1792,7 @@ static void retnet_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     LAUNCH_CHECK();
     ScanArgs s = {gp->state[l], gp->q, gp->k, gp->v, gp->a, gp->o, T, nq, dk, dv, nq / nk, 1,
                   (size_t)Dq, (size_t)Dk, (size_t)Dv, (size_t)Dq, (size_t)Do, 1.0f / sqrtf((float)dk)};
-    launch_scan(gp, dk, nq * ((dv + ROWS - 1) / ROWS), s);
+    launch_scan(gp, dk, nq * ((dv + SCAN_ROWS - 1) / SCAN_ROWS), s);
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
     mark(gp, "conv, gates, recurrence");
     matmul(gp, gp->o, Do, group_norm(w->out_norm, w->g_proj.data ? gp->g : nullptr, dv, c->norm_eps), T, &out, 1);
@@ -1821,7 +1823,7 @@ static void delta_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     DeltaArgs d = {gp->state[l], gp->q, gp->k, gp->v, gp->a, gp->b, gp->o, T, nv, dk, dv, nv / nq, (size_t)Dk, (size_t)Dv,
                    gated ? w->A_log : nullptr, w->dt_bias, c->feature_map, c->flags, w->conv_w[0] != nullptr, w->b_proj.data != nullptr, T > 1};
     if (d.prepared) with_kpl(dk, [&](auto kpl) { launch(gp, delta_prep_kernel<decltype(kpl)::value>, dim3(T), dim3(256), 0, d, nq); });
-    launch_scan(gp, dk, nv * ((dv + ROWS - 1) / ROWS), d);
+    launch_scan(gp, dk, nv * ((dv + DELTA_ROWS - 1) / DELTA_ROWS), d);
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
     mark(gp, "conv, gates, recurrence");
     matmul(gp, gp->o, Dv, group_norm(w->out_norm, w->g_proj.data ? gp->g : nullptr, dv, c->norm_eps), T, &out, 1);
