@@ -3674,8 +3674,8 @@ static void print_info(const Model *m, int ctx, int kv_dtype) {
 // ----------------------------------------------------------------------------
 // Command line
 
-static void usage(void) {
-    fprintf(stderr,
+static void usage(int status) { // status 0 (-h, --help): to stdout
+    fprintf(status ? stderr : stdout,
             "usage: run MODEL.bin [options]\n"
             "  -z FILE        tokenizer.bin (default: tokenizer.bin)\n"
             "  -i TEXT        prompt text             -f FILE  prompt text from a file\n"
@@ -3702,7 +3702,7 @@ static void usage(void) {
             "  --info         print the layer map, parameter count and state/KV sizes\n"
             "usage: run --tokenize -z tokenizer.bin (-i TEXT | -f FILE)\n"
             "usage: run --detokenize -z tokenizer.bin ID...\n");
-    exit(1);
+    exit(status);
 }
 
 // --device cuda: this sequence's forward passes run on the GPU from here on
@@ -3794,7 +3794,8 @@ int main(int argc, char **argv) {
         const char *a = argv[i];
         int has = i + 1 < argc;
 #define NEXT() (has ? argv[++i] : (fatal("option %s needs a value", a), (char *)NULL))
-        if (!strcmp(a, "-z")) tok_path = NEXT();
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage(0);
+        else if (!strcmp(a, "-z")) tok_path = NEXT();
         else if (!strcmp(a, "-i")) prompt = NEXT();
         else if (!strcmp(a, "-f")) text_file = NEXT();
         else if (!strcmp(a, "--tokens")) token_list = NEXT();
@@ -3831,7 +3832,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--tokenize")) tokenize = 1;
         else if (!strcmp(a, "--detokenize")) { detokenize = 1; }
         else if (detokenize && a[0] != '-') { first_id = i; break; }
-        else if (a[0] == '-' || model_path) { fprintf(stderr, "error: unknown argument %s\n", a); usage(); }
+        else if (a[0] == '-' || model_path) { fprintf(stderr, "error: unknown argument %s\n", a); usage(1); }
         else model_path = a;
 #undef NEXT
     }
@@ -3840,7 +3841,7 @@ int main(int argc, char **argv) {
         Tokenizer t;
         tokenizer_load(&t, tok_path);
         if (tokenize) {
-            if (!prompt == !text_file) usage();
+            if (!prompt == !text_file) usage(1);
             size_t n = prompt ? strlen(prompt) : 0;
             char *buf = text_file ? read_text_file(text_file, &n) : NULL;
             int *ids = xcalloc(n + 3, sizeof(int));
@@ -3865,7 +3866,7 @@ int main(int argc, char **argv) {
         return fflush(stdout) == 0 ? 0 : 1;
     }
 
-    if (!model_path) usage();
+    if (!model_path) usage(1);
     if (!!prompt + !!text_file + !!token_list + !!tokens_file + !!ppl_file > 1)
         fatal("give one text to run: -i, -f, --tokens, --tokens-file or --ppl");
     if (text_file) { // -f FILE: the prompt's text from a file

@@ -115,6 +115,14 @@ def test_bad_option_values(exported):
         assert_clean_error(run_tool(exported(GOOD), "--tokens", "1", *args, check=False))
 
 
+def test_help_prints_usage_and_succeeds_and_no_model_is_an_error(exported):
+    for flag in ("-h", "--help"):
+        r = run_tool(flag)
+        assert r.stdout.startswith(b"usage: run MODEL.bin") and b"--kv-dtype" in r.stdout and r.stderr == b""
+    r = run_tool(check=False)
+    assert r.returncode == 1 and r.stderr.startswith(b"usage: run MODEL.bin") and r.stdout == b""
+
+
 def test_two_texts_or_a_bad_prompt_file_are_refused(exported, tmp_path):
     """one text to run: two of -i, -f, --tokens, --tokens-file, --ppl were taken one over the
     other, silently (and -f was read only by --tokenize)"""
