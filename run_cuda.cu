@@ -1446,6 +1446,8 @@ static void hgrn_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
 /* The matrix-state recurrences. A warp owns R rows (SCAN_ROWS or DELTA_ROWS) of one head's state S (row e = value
    channel e, dk columns), lane i holding columns i, i+32, ... in registers, and walks the
    tokens. KPL = columns per lane (dk <= 32 KPL). */
+// the warps that hold a head's dv state rows, `rows` each
+__host__ __device__ static int warps_per_head(int dv, int rows) { return (dv + rows - 1) / rows; }
 template <int KPL, int R> struct StateRows {
     float s[R][KPL];
     __device__ void load(const float *S, int e0, int dv, int dk, int lane) {
@@ -1492,8 +1494,8 @@ struct ScanArgs {
     float out_scale;
 };
 template <int KPL> __global__ void linear_scan_kernel(ScanArgs p) {
-    int lane = threadIdx.x & 31, warps_per_head = (p.dv + SCAN_ROWS - 1) / SCAN_ROWS;
-    int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), sh = gw / warps_per_head, e0 = (gw % warps_per_head) * SCAN_ROWS;
+    int lane = threadIdx.x & 31, per_head = warps_per_head(p.dv, SCAN_ROWS);
+    int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), sh = gw / per_head, e0 = (gw % per_head) * SCAN_ROWS;
     if (sh >= p.n_state) { wait_for_inputs(); return; }
     int kh = sh / p.k_div;
     float *S0 = p.state + (size_t)sh * p.dv * p.dk;
@@ -1594,8 +1596,8 @@ template <int KPL> __device__ static void delta_token(StateRows<KPL, DELTA_ROWS>
     row_dots<KPL>(S, q, o);                                                                 // o = S^T q
 }
 template <int KPL> __global__ void delta_scan_kernel(DeltaArgs p) {
-    int lane = threadIdx.x & 31, warps_per_head = (p.dv + DELTA_ROWS - 1) / DELTA_ROWS;
-    int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), j = gw / warps_per_head, e0 = (gw % warps_per_head) * DELTA_ROWS;
+    int lane = threadIdx.x & 31, per_head = warps_per_head(p.dv, DELTA_ROWS);
+    int gw = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), j = gw / per_head, e0 = (gw % per_head) * DELTA_ROWS;
     if (j >= p.nv) { wait_for_inputs(); return; }
     int qk = j / p.group;
     float *S0 = p.state + (size_t)j * p.dv * p.dk;
@@ -1675,12 +1677,13 @@ template <typename F> static void with_kpl(int dk, F f) {
     }
     LAUNCH_CHECK();
 }
-// a scan over n_warps warps, 4 per block
-static void launch_scan(Gpu *gp, int dk, int n_warps, ScanArgs a) {
-    with_kpl(dk, [&](auto kpl) { launch(gp, linear_scan_kernel<decltype(kpl)::value>, dim3((n_warps + 3) / 4), dim3(128), 0, a); });
+// a scan: a warp per `rows` state rows of each of `heads` heads, 4 warps a block
+static dim3 scan_blocks(int heads, int dv, int rows) { return dim3((heads * warps_per_head(dv, rows) + 3) / 4); }
+static void launch_scan(Gpu *gp, ScanArgs a) {
+    with_kpl(a.dk, [&](auto kpl) { launch(gp, linear_scan_kernel<decltype(kpl)::value>, scan_blocks(a.n_state, a.dv, SCAN_ROWS), dim3(128), 0, a); });
 }
-static void launch_scan(Gpu *gp, int dk, int n_warps, DeltaArgs a) {
-    with_kpl(dk, [&](auto kpl) { launch(gp, delta_scan_kernel<decltype(kpl)::value>, dim3((n_warps + 3) / 4), dim3(128), 0, a); });
+static void launch_scan(Gpu *gp, DeltaArgs a) {
+    with_kpl(a.dk, [&](auto kpl) { launch(gp, delta_scan_kernel<decltype(kpl)::value>, scan_blocks(a.nv, a.dv, DELTA_ROWS), dim3(128), 0, a); });
 }
 
 /* HGRN2 prep: g = lb + (1-lb) sigmoid(f) (log space), k = 1 - g, q = silu(q) / sqrt(dk) */
@@ -1714,7 +1717,7 @@ static void hgrn2_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     LAUNCH_CHECK();
     ScanArgs s = {gp->state[l], gp->q, gp->k, gp->v, gp->a, gp->o, T, nh, dk, dv, 1, 1,
                   (size_t)F, (size_t)F, (size_t)Dv, (size_t)F, (size_t)Dv, 1.0f};
-    launch_scan(gp, dk, nh * ((dv + SCAN_ROWS - 1) / SCAN_ROWS), s);
+    launch_scan(gp, s);
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
     mark(gp, "conv, gates, recurrence");
     matmul(gp, gp->o, Dv, group_norm(w->out_norm, nullptr, Dv, c->out_norm_eps), T, &out, 1);
@@ -1757,7 +1760,7 @@ static void gla_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     LAUNCH_CHECK();
     ScanArgs s = {gp->state[l], gp->q, gp->k, gp->v, gp->f, gp->o, T, nk, dk, dv, 1, nq / nk,
                   (size_t)Dq, (size_t)Dk, (size_t)Dv, (size_t)Dk, (size_t)Do, 1.0f};
-    launch_scan(gp, dk, nk * ((dv + SCAN_ROWS - 1) / SCAN_ROWS), s);
+    launch_scan(gp, s);
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
     mark(gp, "conv, gates, recurrence");
     matmul(gp, gp->o, Do, group_norm(w->out_norm, w->g_proj.data ? gp->g : nullptr, dv, c->norm_eps), T, &out, 1);
@@ -1792,7 +1795,7 @@ static void retnet_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     LAUNCH_CHECK();
     ScanArgs s = {gp->state[l], gp->q, gp->k, gp->v, gp->a, gp->o, T, nq, dk, dv, nq / nk, 1,
                   (size_t)Dq, (size_t)Dk, (size_t)Dv, (size_t)Dq, (size_t)Do, 1.0f / sqrtf((float)dk)};
-    launch_scan(gp, dk, nq * ((dv + SCAN_ROWS - 1) / SCAN_ROWS), s);
+    launch_scan(gp, s);
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
     mark(gp, "conv, gates, recurrence");
     matmul(gp, gp->o, Do, group_norm(w->out_norm, w->g_proj.data ? gp->g : nullptr, dv, c->norm_eps), T, &out, 1);
@@ -1823,7 +1826,7 @@ static void delta_layer(Gpu *gp, const LayerWeights *w, int l, int T) {
     DeltaArgs d = {gp->state[l], gp->q, gp->k, gp->v, gp->a, gp->b, gp->o, T, nv, dk, dv, nv / nq, (size_t)Dk, (size_t)Dv,
                    gated ? w->A_log : nullptr, w->dt_bias, c->feature_map, c->flags, w->conv_w[0] != nullptr, w->b_proj.data != nullptr, T > 1};
     if (d.prepared) with_kpl(dk, [&](auto kpl) { launch(gp, delta_prep_kernel<decltype(kpl)::value>, dim3(T), dim3(256), 0, d, nq); });
-    launch_scan(gp, dk, nv * ((dv + DELTA_ROWS - 1) / DELTA_ROWS), d);
+    launch_scan(gp, d);
     GemvJob out = {w->o_proj, gp->x, OUT_ADD};
     mark(gp, "conv, gates, recurrence");
     matmul(gp, gp->o, Dv, group_norm(w->out_norm, w->g_proj.data ? gp->g : nullptr, dv, c->norm_eps), T, &out, 1);

@@ -115,7 +115,7 @@ def test_bad_option_values(exported):
         assert_clean_error(run_tool(exported(GOOD), "--tokens", "1", *args, check=False))
 
 
-def test_help_prints_usage_and_succeeds_and_no_model_is_an_error(exported):
+def test_help_prints_usage_and_succeeds_and_no_model_is_an_error():
     for flag in ("-h", "--help"):
         r = run_tool(flag)
         assert r.stdout.startswith(b"usage: run MODEL.bin") and b"--kv-dtype" in r.stdout and r.stderr == b""
