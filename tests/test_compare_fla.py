@@ -1,13 +1,18 @@
-"""compare_fla.py, the checkpoint sanity check against fla. Its argument errors run anywhere; the
-comparison itself needs PyTorch, fla and a CUDA GPU (the GPU machine, with fla's source in .fla/),
-and is skipped elsewhere: there it must find the fixtures' exports in agreement with fla and must
-fail when the export is of another model."""
+"""compare_fla.py, the checkpoint sanity check against fla. Its argument errors, and its comparison
+fed with fla's outputs stored in the fixtures, run anywhere; the whole tool, fla included, needs
+PyTorch, fla and a CUDA GPU (the GPU machine, with fla's source in .fla/) and is skipped elsewhere:
+there it must find the fixtures' exports in agreement with fla and must fail when the export is of
+another model."""
 import subprocess
 import sys
 
 import pytest
+from safetensors.numpy import load_file
 
 from conftest import FIXTURES, REPO, RUN, assert_clean_error
+
+sys.path.insert(0, str(REPO))
+import compare_fla  # noqa: E402  (imports nothing of fla or torch until main() runs)
 
 TOOL = str(REPO / "compare_fla.py")
 
@@ -36,6 +41,42 @@ def test_help():
 ])
 def test_bad_arguments(args, mention):
     assert_clean_error(compare(*args), mention)
+
+
+def stored_fla(name):
+    """fla's outputs kept in a fixture: the short prompt, its logits, fla's greedy continuation"""
+    e = load_file(str(FIXTURES / name / "expected.safetensors"))
+    return e["tokens_short"].tolist(), e["logits_short"], e["greedy_ids"].tolist()
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16", "q8"])
+def test_export_dtype(dtype, exported):
+    assert compare_fla.export_dtype(exported("gated_deltanet_gva", dtype)) == dtype
+
+
+@pytest.mark.parametrize("name, dtype", [("gated_deltanet_gva", "fp32"), ("retnet_hybrid_6_1", "fp32"),
+                                         ("gated_deltanet_gva", "bf16"), ("gated_deltanet_gva", "q8")])
+def test_compare_with_stored_fla_outputs(name, dtype, exported, capsys):
+    tokens, logits, greedy = stored_fla(name)
+    opts = dict(model=str(exported(name, dtype)), run=RUN, device=None, tol=None)
+    assert compare_fla.compare(opts, tokens, logits, greedy), capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.count(": ok") == 2 and f"({dtype} weights)" in out
+
+
+def test_compare_fails_where_it_should(exported, capsys):
+    tokens, logits, greedy = stored_fla("gated_deltanet_gva")
+    wrong = [(t + 1) % 128 for t in greedy]
+    assert not compare_fla.compare(dict(model=str(exported("gated_deltanet_pure")), run=RUN, device=None, tol=None),
+                                   tokens, logits, greedy)  # another model's export
+    assert "FAIL" in capsys.readouterr().out
+    fp32 = dict(model=str(exported("gated_deltanet_gva")), run=RUN, device=None, tol=None)
+    assert not compare_fla.compare(fp32, tokens, logits, wrong)  # an fp32 export must continue as fla does
+    assert "DIFFERENT" in capsys.readouterr().out
+    bf16 = dict(fp32, model=str(exported("gated_deltanet_gva", "bf16")))
+    assert compare_fla.compare(bf16, tokens, logits, wrong)  # rounded weights: reported, not failed
+    assert "reported, not failed" in capsys.readouterr().out
+    assert not compare_fla.compare(dict(bf16, tol=1e-9), tokens, logits, greedy)  # --tol wins over the default
 
 
 needs_fla = pytest.mark.skipif(not fla_on_gpu(), reason="needs PyTorch, fla (.fla/) and a CUDA GPU")
