@@ -7,8 +7,9 @@ Runs the same tokens through fla (the library the checkpoint was trained with) a
      against ./run's prompt path and its --one-by-one (decode) path;
   2. the greedy continuation: fla's cached decode against ./run -t 0.
 It prints one line per comparison and exits 0 if every max |logit difference| is within
---tol (relative to the largest |logit|; by default from the export's weight type, the
-bounds the tests hold fla's fixtures to: fp32 and fp16 1e-3, bf16 0.1, q8 0.25) and, for an
+--tol (relative to the largest |logit|; by default from the export's weight type: fp32 1e-3,
+fp16 5e-3, bf16 0.1, q8 0.25, a few times what the random O(1)-weight fixtures reach: fp32
+below 2e-5, fp16 9.4e-4, bf16 3.6e-2, q8 0.135) and, for an
 fp32 export, the continuations match; 1 otherwise. (Rounded weights may flip a near-tie
 between the top two tokens, so there a different continuation is reported, not failed.)
 
@@ -70,7 +71,7 @@ def parse_args(argv):
 
 
 DTYPE_NAMES = ["fp32", "fp16", "bf16", "q8"]
-DEFAULT_TOL = {"fp32": 1e-3, "fp16": 1e-3, "bf16": 0.1, "q8": 0.25}
+DEFAULT_TOL = {"fp32": 1e-3, "fp16": 5e-3, "bf16": 0.1, "q8": 0.25}
 
 
 def export_dtype(path):
