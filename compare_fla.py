@@ -9,9 +9,9 @@ Runs the same tokens through fla (the library the checkpoint was trained with) a
 It prints one line per comparison and exits 0 if every max |logit difference| is within
 --tol (relative to the largest |logit|; by default from the export's weight type: fp32 1e-3,
 fp16 5e-3, bf16 0.1, q8 0.25, a few times what the random O(1)-weight fixtures reach: fp32
-below 2e-5, fp16 9.4e-4, bf16 3.6e-2, q8 0.135) and, for an
-fp32 export, the continuations match; 1 otherwise. (Rounded weights may flip a near-tie
-between the top two tokens, so there a different continuation is reported, not failed.)
+below 2e-5, fp16 9.4e-4, bf16 3.6e-2, q8 0.135) and, for an fp32 export, the continuations
+match; 1 otherwise. (Rounded weights may flip a near-tie between the top two tokens, so
+there a different continuation is reported, not failed.)
 
 Needs: PyTorch with a CUDA GPU (fla's kernels are Triton), transformers, and fla
 (`pip install flash-linear-attention`); where `flash_attn` is missing, tests/fla_shim's
