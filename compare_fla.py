@@ -142,6 +142,31 @@ def load_fla():
     return torch
 
 
+def adapt_state(state, expected):
+    """A checkpoint's tensors (name -> array) renamed and split to the names and shapes of the fla
+    model at hand (expected: name -> shape), for the checkpoint quirks export.py reads too: fla
+    before 2025-02-09 kept the MLP's gate and up projections in one gate_proj [2I, H] (gate rows
+    first), and GLA/RetNet name their output norm g_norm or g_norm_swish_gate by fuse_norm. A
+    tensor whose shape still differs from the model's is refused with its name and both shapes."""
+    state = dict(state)
+    for name in list(state):
+        if name.endswith("mlp.gate_proj.weight") and name in expected:
+            up = name[:-len("gate_proj.weight")] + "up_proj.weight"
+            rows = expected[name][0]
+            if up in expected and up not in state and tuple(state[name].shape) == (2 * rows, *expected[name][1:]):
+                fused = state.pop(name)
+                state[name], state[up] = fused[:rows], fused[rows:]
+        for a, b in (("g_norm.weight", "g_norm_swish_gate.weight"), ("g_norm_swish_gate.weight", "g_norm.weight")):
+            if name.endswith(a) and name not in expected:
+                other = name[:-len(a)] + b
+                if other in expected and other not in state:
+                    state[other] = state.pop(name)
+    for name, t in state.items():
+        if name in expected and tuple(t.shape) != tuple(expected[name]):
+            fail(f"tensor {name}: {tuple(t.shape)} in the checkpoint, {tuple(expected[name])} in fla's model")
+    return state
+
+
 def load_checkpoint(torch, ckpt):
     """the checkpoint as fla's model in fp32 on the GPU; refuses one whose weights do not fill the model"""
     from safetensors.torch import load_file
@@ -159,6 +184,7 @@ def load_checkpoint(torch, ckpt):
             fail(f"{ckpt}: no {f}")
         state.update(load_file(path))
     model = AutoModelForCausalLM.from_config(config)
+    state = adapt_state(state, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing:

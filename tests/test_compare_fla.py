@@ -79,6 +79,31 @@ def test_compare_fails_where_it_should(exported, capsys):
     assert not compare_fla.compare(dict(bf16, tol=1e-9), tokens, logits, greedy)  # --tol wins over the default
 
 
+def test_adapt_state_reads_old_checkpoints():
+    import numpy as np
+    I, H = 6, 4
+    expected = {"model.layers.0.mlp.gate_proj.weight": (I, H), "model.layers.0.mlp.up_proj.weight": (I, H),
+                "model.layers.0.attn.g_norm.weight": (H,), "model.layers.1.attn.g_norm_swish_gate.weight": (H,)}
+    fused = np.arange(2 * I * H, dtype=np.float32).reshape(2 * I, H)
+    old = {"model.layers.0.mlp.gate_proj.weight": fused,  # fla before 2025-02-09: gate rows, then up rows
+           "model.layers.0.attn.g_norm_swish_gate.weight": np.ones(H),  # the other fuse_norm name, both ways
+           "model.layers.1.attn.g_norm.weight": np.full(H, 2.0), "model.layers.0.attn.D": np.zeros(1)}
+    new = compare_fla.adapt_state(old, expected)
+    assert (new["model.layers.0.mlp.gate_proj.weight"] == fused[:I]).all()
+    assert (new["model.layers.0.mlp.up_proj.weight"] == fused[I:]).all()
+    assert (new["model.layers.0.attn.g_norm.weight"] == 1).all() and (new["model.layers.1.attn.g_norm_swish_gate.weight"] == 2).all()
+    assert "model.layers.0.attn.D" in new  # (left for load_state_dict to report as unexpected)
+    current = {k: np.zeros(v) for k, v in expected.items()}
+    assert all(compare_fla.adapt_state(current, expected)[k].shape == v for k, v in expected.items())  # unchanged
+
+
+def test_adapt_state_refuses_other_shapes():
+    r = subprocess.run([sys.executable, "-c", "import sys, numpy as np; sys.path.insert(0, %r); import compare_fla; "
+                        "compare_fla.adapt_state({'w': np.zeros((3, 4))}, {'w': (4, 4)})" % str(REPO)],
+                       capture_output=True, text=True)
+    assert_clean_error(r, "(3, 4) in the checkpoint, (4, 4) in fla's model")
+
+
 needs_fla = pytest.mark.skipif(not fla_on_gpu(), reason="needs PyTorch, fla (.fla/) and a CUDA GPU")
 
 
