@@ -61,9 +61,8 @@ def parse_args(argv):
             opts["tokens"] = [int(t) for t in opts["tokens"].split(",")]
     except ValueError as e:
         fail(f"bad number: {e}")
-    for key in ("config.json",):
-        if not os.path.isfile(os.path.join(opts["ckpt"], key)):
-            fail(f"{opts['ckpt']}: no {key} (expected a Hugging Face checkpoint directory)")
+    if not os.path.isfile(os.path.join(opts["ckpt"], "config.json")):
+        fail(f"{opts['ckpt']}: no config.json (expected a Hugging Face checkpoint directory)")
     for key, what in (("model", "weight file (export.py's output)"), ("run", "./run binary (make build)")):
         if not os.path.isfile(opts[key]):
             fail(f"{opts[key]}: no such {what}")
@@ -193,7 +192,7 @@ def load_checkpoint(torch, ckpt):
     if config.tie_word_embeddings:
         model.tie_weights()
     if unexpected:
-        print(f"note: ignored by fla too: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+        print(f"note: tensors fla's model does not use (left out): {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
     return model.cuda().float().eval()
 
 
