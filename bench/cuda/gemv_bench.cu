@@ -53,6 +53,7 @@ __global__ void read_kernel(const int4 *w, size_t n, float *out) {
 #ifndef PERSIST_SLOTS
 #define PERSIST_SLOTS 3
 #endif
+#define PERSIST_XS_BYTES 22528 // x of up to 5632 columns in xs_index's layout: gemv_x_bytes(DTYPE_BF16, 704), checked in main
 struct PersistOp { const uint8_t *w, *w_up; int rows, cols; Prologue p; const float *x; float *out; };
 __device__ static unsigned smem_u32(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
 __device__ static bool mbar_try(uint64_t *bar, unsigned parity) {
@@ -101,10 +102,9 @@ __global__ void __launch_bounds__(PERSIST_WARPS * 32, 1) persist_kernel(const Pe
     int cross = mode & 1;
     extern __shared__ __align__(128) uint8_t smem[];
     __shared__ __align__(8) uint64_t full[PERSIST_WARPS][PERSIST_SLOTS];
-    const int XS = 22528; // gemv_x_bytes(DTYPE_BF16, 704): x of up to 5632 columns in xs_index's layout
     float *xs = (float *)smem;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    uint8_t *ring = smem + XS + (size_t)warp * PERSIST_SLOTS * PERSIST_PIECE;
+    uint8_t *ring = smem + PERSIST_XS_BYTES + (size_t)warp * PERSIST_SLOTS * PERSIST_PIECE;
     uint64_t *bars = full[warp];
     // the warp's producer (lane 0 asks; every lane keeps the cursor) and consumer cursors
     PersistCursor pc = persist_first(ops, n_ops, 0), cc = pc;
@@ -164,19 +164,19 @@ __global__ void __launch_bounds__(PERSIST_WARPS * 32, 1) persist_kernel(const Pe
     }
 }
 
+// a value in [-1, 1) from the element's index and a seed (a hash: the same numbers on every run)
+__device__ static float hashed_uniform(size_t i, unsigned seed) {
+    unsigned h = (unsigned)i * 2654435761u ^ seed;
+    h ^= h >> 15; h *= 2246822519u; h ^= h >> 13; h *= 3266489917u; h ^= h >> 16;
+    return (h & 0xffffff) / 8388608.0f - 1.0f;
+}
 __global__ void fill_bf16_kernel(__nv_bfloat16 *w, size_t n, float scale, unsigned seed) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        unsigned h = (unsigned)i * 2654435761u ^ seed;
-        h ^= h >> 15; h *= 2246822519u; h ^= h >> 13; h *= 3266489917u; h ^= h >> 16;
-        w[i] = __float2bfloat16(scale * ((h & 0xffffff) / 8388608.0f - 1.0f));
-    }
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        w[i] = __float2bfloat16(scale * hashed_uniform(i, seed));
 }
 __global__ void fill_f32_kernel(float *x, size_t n, float base, float scale, unsigned seed) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        unsigned h = (unsigned)i * 2654435761u ^ seed;
-        h ^= h >> 15; h *= 2246822519u; h ^= h >> 13; h *= 3266489917u; h ^= h >> 16;
-        x[i] = base + scale * ((h & 0xffffff) / 8388608.0f - 1.0f);
-    }
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        x[i] = base + scale * hashed_uniform(i, seed);
 }
 
 struct Shape { const char *name; int rows, cols, glu, norm, dtype, group = 0, gated = 1; }; // group: NORM_GROUP's (gated: with silu(gate))
@@ -287,7 +287,8 @@ int main(int argc, char **argv) {
         CUDA_CHECK(cudaMalloc(&ops_dev, sizeof(ops_host[1])));
         CUDA_CHECK(cudaMemcpy(ops_dev, ops_host[1], sizeof(ops_host[1]), cudaMemcpyHostToDevice));
         CUDA_CHECK(cudaMalloc(&done, 4 * L * sizeof(int)));
-        size_t smem = 22528 + (size_t)PERSIST_WARPS * PERSIST_SLOTS * PERSIST_PIECE;
+        if (gemv_x_bytes(DTYPE_BF16, 704) != PERSIST_XS_BYTES) fatal("gemv_bench: PERSIST_XS_BYTES is not gemv_x_bytes(DTYPE_BF16, 704)");
+        size_t smem = PERSIST_XS_BYTES + (size_t)PERSIST_WARPS * PERSIST_SLOTS * PERSIST_PIECE;
         CUDA_CHECK(cudaFuncSetAttribute(persist_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         cudaFuncAttributes fa;
         CUDA_CHECK(cudaFuncGetAttributes(&fa, persist_kernel));
